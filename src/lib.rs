@@ -1,1 +1,12 @@
+//! The `meshward` binary's library half: the commands, kept thin, dispatching
+//! to the control plane, dataplane and identity crates. Integration tests use
+//! it to run a whole mesh in-process.
 
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod skill;
+pub mod telemetry;
+pub mod up;
+
+pub use up::{Up, UpInfo, UpOptions};

@@ -1,1 +1,223 @@
-fn main() {}
+//! `meshward`: the one CLI. Thin: parses flags and dispatches to the crates.
+
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use meshward::{Up, UpOptions, telemetry};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "meshward", version, about = "Identity-aware mesh for AI agents")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a whole mesh on loopback in one process (dev identity server,
+    /// control plane, a dataplane per agent and per service, demo skills).
+    Up {
+        /// The mesh file.
+        #[arg(long, default_value = "deploy/local/mesh.yaml")]
+        config: PathBuf,
+        /// Where sockets and up.json go.
+        #[arg(long, default_value = ".meshward")]
+        state_dir: PathBuf,
+    },
+    /// Check a mesh file; prints every error with file, line and field.
+    Validate { file: PathBuf },
+    /// Run the control plane alone (identity from SPIFFE_ENDPOINT_SOCKET).
+    Controlplane {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:18000")]
+        xds: SocketAddr,
+        #[arg(long, default_value = "127.0.0.1:18001")]
+        admin: SocketAddr,
+    },
+    /// Run one dataplane (identity from SPIFFE_ENDPOINT_SOCKET).
+    Dataplane {
+        /// Name for logs and metrics.
+        #[arg(long)]
+        name: String,
+        /// Control plane xDS address.
+        #[arg(long, default_value = "127.0.0.1:18000")]
+        xds: String,
+        /// The SPIFFE ID the control plane must present.
+        #[arg(long)]
+        xds_spiffe_id: Option<String>,
+        /// Agent-facing listener (sidecar of an agent), e.g. 127.0.0.1:15001.
+        #[arg(long)]
+        outbound: Option<SocketAddr>,
+        /// mTLS listener in front of a service, e.g. 0.0.0.0:15006.
+        #[arg(long)]
+        inbound: Option<SocketAddr>,
+        /// The app behind the inbound listener.
+        #[arg(long)]
+        local_upstream: Option<SocketAddr>,
+        #[arg(long, default_value = "127.0.0.1:15000")]
+        admin: SocketAddr,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init_tracing("info");
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("meshward: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("meshward: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Validate { file } => Ok(validate(&file)),
+        Command::Up { config, state_dir } => {
+            let config = locate_default(config);
+            let up = Up::start(UpOptions::new(config, &state_dir)).await?;
+            println!("{}", up.table());
+            println!("\nwrote {}", state_dir.join("up.json").display());
+            tracing::info!(
+                agents = up.info.agents.len(),
+                services = up.info.services.len(),
+                "mesh ready"
+            );
+            shutdown_signal().await;
+            tracing::info!("shutting down");
+            up.shutdown().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Controlplane { config, xds, admin } => {
+            let identity = meshward_spire::IdentitySource::connect_env(Duration::from_secs(30)).await?;
+            let listener = TcpListener::bind(xds).await.with_context(|| format!("binding {xds}"))?;
+            let admin_listener =
+                TcpListener::bind(admin).await.with_context(|| format!("binding {admin}"))?;
+            let cp = meshward_controlplane::ControlPlane::start(meshward_controlplane::ControlPlaneOptions {
+                config,
+                overlay: None,
+                identity,
+                xds: listener,
+            })
+            .await?;
+            let stop = CancellationToken::new();
+            let admin_task = tokio::spawn(meshward::admin::serve_controlplane(
+                admin_listener,
+                cp.status(),
+                telemetry::prometheus(),
+                stop.clone(),
+            ));
+            shutdown_signal().await;
+            stop.cancel();
+            let _ = admin_task.await;
+            cp.shutdown().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dataplane {
+            name,
+            xds,
+            xds_spiffe_id,
+            outbound,
+            inbound,
+            local_upstream,
+            admin,
+        } => {
+            let identity = meshward_spire::IdentitySource::connect_env(Duration::from_secs(30)).await?;
+            let bind = async |a: Option<SocketAddr>| -> anyhow::Result<Option<TcpListener>> {
+                match a {
+                    Some(a) => Ok(Some(TcpListener::bind(a).await.with_context(|| format!("binding {a}"))?)),
+                    None => Ok(None),
+                }
+            };
+            let dp = meshward_dataplane::Dataplane::start(meshward_dataplane::DataplaneOptions {
+                name: name.clone(),
+                identity,
+                xds: meshward_dataplane::xds::XdsClientConfig {
+                    address: xds,
+                    server_spiffe_id: xds_spiffe_id,
+                    node_id: name,
+                    cluster: "meshward".into(),
+                },
+                outbound: bind(outbound).await?,
+                inbound: bind(inbound).await?,
+                admin: bind(Some(admin)).await?,
+                local_upstream,
+                request_timeout: Duration::from_secs(30),
+                metrics: telemetry::prometheus(),
+            })
+            .await?;
+            shutdown_signal().await;
+            dp.shutdown().await;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn validate(file: &std::path::Path) -> ExitCode {
+    match meshward_controlplane::config::validate_file(file) {
+        Ok(mesh) => {
+            println!(
+                "{}: ok ({} agents, {} services, policy revision {})",
+                file.display(),
+                mesh.agents.len(),
+                mesh.services.len(),
+                &mesh.policy.revision[..12.min(mesh.policy.revision.len())]
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            for e in errors.iter() {
+                eprintln!("{e}");
+            }
+            eprintln!("{}: {} error(s)", file.display(), errors.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `deploy/local/mesh.yaml` is relative to the repository; when run from
+/// elsewhere, fall back to the copy next to the sources this binary was built from.
+fn locate_default(config: PathBuf) -> PathBuf {
+    if config.exists() || config != std::path::Path::new("deploy/local/mesh.yaml") {
+        return config;
+    }
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(&config);
+    if built.exists() { built } else { config }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,14 +1,11 @@
-pub fn add(left: u64, right: u64) -> u64 {
-    left + right
-}
+//! Meshward's control plane: the mesh config model and its validation, file
+//! watching, per-node snapshot building and the xDS (ADS) server.
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+#![forbid(unsafe_code)]
 
-    #[test]
-    fn it_works() {
-        let result = add(2, 2);
-        assert_eq!(result, 4);
-    }
-}
+pub mod config;
+pub mod server;
+pub mod snapshot;
+pub mod xds;
+
+pub use server::{ControlPlane, ControlPlaneError, ControlPlaneOptions, ControlPlaneStatus};

@@ -1,0 +1,248 @@
+//! The syntax rules of single values in `mesh.yaml`: trust domains, SPIFFE
+//! IDs, names, `host:port` addresses, Rego rule paths.
+//!
+//! Each rule is a pure function returning the reason a value is wrong, so it
+//! can be unit tested on its own and the message reads the same wherever the
+//! value appears.
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// SPIFFE trust domain: lowercase letters, digits, `.`, `-`, `_` (SPIFFE ID
+/// spec, section 2.1). Upper case is rejected rather than folded so the ID a
+/// workload presents matches the config byte for byte.
+pub fn trust_domain(td: &str) -> Result<(), String> {
+    if td.starts_with("spiffe://") {
+        return Err("must be the bare trust domain (e.g. example.org), without spiffe://".into());
+    }
+    if td.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if td.len() > 255 {
+        return Err("must be at most 255 characters".into());
+    }
+    if let Some(c) = td.chars().find(|c| !is_trust_domain_char(*c)) {
+        return Err(format!(
+            "invalid character {c:?}: a SPIFFE trust domain holds only lowercase letters, digits, '.', '-' and '_'"
+        ));
+    }
+    Ok(())
+}
+
+fn is_trust_domain_char(c: char) -> bool {
+    c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '-' | '_')
+}
+
+/// A workload SPIFFE ID, `spiffe://<trust domain>/<path>`, whose trust domain
+/// is `expected_td` (skipped when `None`: the configured domain is itself
+/// invalid and already reported). Returns the reason, without a prefix.
+pub fn spiffe_id(id: &str, expected_td: Option<&str>) -> Result<(), String> {
+    let Some(rest) = id.strip_prefix("spiffe://") else {
+        return Err("does not start with spiffe://".into());
+    };
+    if id.len() > 2048 {
+        return Err("is longer than 2048 bytes".into());
+    }
+    let (td, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, ""),
+    };
+    trust_domain(td).map_err(|e| format!("trust domain `{td}` {e}"))?;
+    if let Some(expected) = expected_td
+        && td != expected
+    {
+        return Err(format!("is in trust domain {td}"));
+    }
+    if path.is_empty() {
+        return Err("has no path: a workload ID needs one, e.g. /agent/<name>".into());
+    }
+    for segment in path[1..].split('/') {
+        match segment {
+            "" => return Err("has an empty path segment (`//` or a trailing `/`)".into()),
+            "." | ".." => return Err("has a `.` or `..` path segment".into()),
+            _ => {
+                if let Some(c) = segment.chars().find(|c| !is_path_char(*c)) {
+                    return Err(format!(
+                        "invalid character {c:?} in path: segments hold only letters, digits, '.', '-' and '_'"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn is_path_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_')
+}
+
+/// Names appear in URLs (`/mcp://<name>/`), cluster names and hostnames, so
+/// they follow RFC 1123 DNS labels.
+pub fn dns_label(name: &str) -> Result<(), String> {
+    const RULE: &str = "must be a DNS label: 1-63 lowercase letters, digits and '-', starting and ending with a letter or digit";
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok { Ok(()) } else { Err(RULE.into()) }
+}
+
+/// `host:port` with `host` an IPv4 address, a bracketed IPv6 address or a DNS
+/// name. Port 0 is accepted only when `allow_port_zero`.
+pub fn host_port(addr: &str, allow_port_zero: bool) -> Result<(), String> {
+    let (host, port) = if let Some(rest) = addr.strip_prefix('[') {
+        let Some((v6, port)) = rest.split_once("]:") else {
+            return Err("must be host:port ([v6-address]:port for IPv6)".into());
+        };
+        if v6.parse::<Ipv6Addr>().is_err() {
+            return Err(format!("`{v6}` is not an IPv6 address"));
+        }
+        (None, port)
+    } else {
+        let Some((host, port)) = addr.rsplit_once(':') else {
+            return Err("must be host:port".into());
+        };
+        if host.contains(':') {
+            return Err("must be host:port (write IPv6 addresses as [addr]:port)".into());
+        }
+        (Some(host), port)
+    };
+    if let Some(host) = host {
+        let looks_numeric = host
+            .split('.')
+            .all(|p| p.bytes().all(|b| b.is_ascii_digit()));
+        if looks_numeric {
+            if host.parse::<Ipv4Addr>().is_err() {
+                return Err(format!("`{host}` is not an IPv4 address"));
+            }
+        } else if !is_hostname(host) {
+            return Err(format!("`{host}` is not a valid host name"));
+        }
+    }
+    let port: u16 = match port.parse() {
+        Ok(p) if port.bytes().all(|b| b.is_ascii_digit()) => p,
+        _ => return Err(format!("port `{port}` must be a number 0-65535")),
+    };
+    if port == 0 && !allow_port_zero {
+        return Err("port must be 1-65535".into());
+    }
+    Ok(())
+}
+
+fn is_hostname(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// A Rego rule reference of the form `data.a.b.c` (at least one component
+/// after `data`, each an identifier).
+pub fn decision_path(path: &str) -> Result<(), String> {
+    const RULE: &str = "must be a Rego rule path like data.meshward.authz.decision";
+    let mut parts = path.split('.');
+    if parts.next() != Some("data") {
+        return Err(RULE.into());
+    }
+    let mut count = 0;
+    for part in parts {
+        let mut chars = part.chars();
+        let ok = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !ok {
+            return Err(RULE.into());
+        }
+        count += 1;
+    }
+    if count == 0 {
+        return Err(RULE.into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trust_domains() {
+        assert!(trust_domain("example.org").is_ok());
+        assert!(trust_domain("prod_eu-1.example").is_ok());
+        assert!(trust_domain("").is_err());
+        assert!(trust_domain("Example.org").is_err());
+        assert!(trust_domain("spiffe://example.org").is_err());
+        assert!(trust_domain("example.org/x").is_err());
+        assert!(trust_domain("example.org:443").is_err());
+    }
+
+    #[test]
+    fn spiffe_ids() {
+        let td = Some("example.org");
+        assert!(spiffe_id("spiffe://example.org/agent/a", td).is_ok());
+        assert!(spiffe_id("spiffe://example.org/ns/x/sa/y.z_1-2", td).is_ok());
+        assert!(spiffe_id("spiffe://other.org/agent/a", td).is_err());
+        assert!(spiffe_id("spiffe://other.org/agent/a", None).is_ok());
+        assert!(spiffe_id("spiffe://example.org", td).is_err());
+        assert!(spiffe_id("spiffe://example.org/", td).is_err());
+        assert!(spiffe_id("spiffe://example.org/a//b", td).is_err());
+        assert!(spiffe_id("spiffe://example.org/a/../b", td).is_err());
+        assert!(spiffe_id("spiffe://example.org/a?b", td).is_err());
+        assert!(spiffe_id("spiffe://example.org:8443/a", td).is_err());
+        assert!(spiffe_id("http://example.org/a", td).is_err());
+        assert!(spiffe_id("SPIFFE://example.org/a", td).is_err());
+    }
+
+    #[test]
+    fn dns_labels() {
+        assert!(dns_label("hello-skill").is_ok());
+        assert!(dns_label("a").is_ok());
+        assert!(dns_label("9x").is_ok());
+        assert!(dns_label("").is_err());
+        assert!(dns_label("Hello").is_err());
+        assert!(dns_label("-a").is_err());
+        assert!(dns_label("a-").is_err());
+        assert!(dns_label("a.b").is_err());
+        assert!(dns_label("a_b").is_err());
+        assert!(dns_label(&"a".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn host_ports() {
+        assert!(host_port("127.0.0.1:0", true).is_ok());
+        assert!(host_port("127.0.0.1:0", false).is_err());
+        assert!(host_port("localhost:8080", false).is_ok());
+        assert!(host_port("svc.ns.svc.cluster.local:15006", false).is_ok());
+        assert!(host_port("[::1]:15006", false).is_ok());
+        assert!(host_port("::1:15006", false).is_err());
+        assert!(host_port("[zz]:1", false).is_err());
+        assert!(host_port("127.0.0.1", false).is_err());
+        assert!(host_port("127.0.0.1:65536", false).is_err());
+        assert!(host_port("127.0.0.1:+1", false).is_err());
+        assert!(host_port("300.0.0.1:1", false).is_err());
+        assert!(host_port("bad host:1", false).is_err());
+        assert!(host_port(":80", false).is_err());
+    }
+
+    #[test]
+    fn decision_paths() {
+        assert!(decision_path("data.meshward.authz.decision").is_ok());
+        assert!(decision_path("data.x").is_ok());
+        assert!(decision_path("data").is_err());
+        assert!(decision_path("meshward.authz").is_err());
+        assert!(decision_path("data.a..b").is_err());
+        assert!(decision_path("data.a.1b").is_err());
+        assert!(decision_path("data.a[\"b\"]").is_err());
+    }
+}

@@ -1,0 +1,191 @@
+//! The running control plane: the config watcher feeding the xDS server,
+//! served over mTLS with the control plane's own SVID.
+//!
+//! The xDS listener can be stopped and started again on the same address
+//! while the config watcher keeps running, so operators (and tests) can see
+//! dataplanes keep serving their last config and reconnect.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use meshward_spire::IdentitySource;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{self, ConfigErrors, Mesh, Overlay, ReloadStatus};
+use crate::xds::XdsServer;
+
+pub struct ControlPlaneOptions {
+    /// The mesh file (`mesh.yaml`), watched for changes.
+    pub config: PathBuf,
+    pub overlay: Option<Overlay>,
+    /// The control plane's own identity (from the Workload API).
+    pub identity: IdentitySource,
+    /// Where xDS is served (mTLS, h2).
+    pub xds: TcpListener,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlPlaneError {
+    #[error("{}", format_config_errors(.0))]
+    Config(ConfigErrors),
+    #[error("control plane identity: {0}")]
+    Identity(#[from] meshward_spire::IdentityError),
+    #[error("xDS listener {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn format_config_errors(errors: &ConfigErrors) -> String {
+    errors
+        .iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// What the admin endpoint shows about the control plane.
+#[derive(Clone)]
+pub struct ControlPlaneStatus {
+    meshes: watch::Receiver<Arc<Mesh>>,
+    serving: watch::Receiver<bool>,
+}
+
+impl ControlPlaneStatus {
+    pub fn mesh(&self) -> Arc<Mesh> {
+        self.meshes.borrow().clone()
+    }
+
+    pub fn serving(&self) -> bool {
+        *self.serving.borrow()
+    }
+}
+
+pub struct ControlPlane {
+    xds_addr: SocketAddr,
+    identity: IdentitySource,
+    meshes: watch::Receiver<Arc<Mesh>>,
+    reloads: watch::Receiver<ReloadStatus>,
+    watcher: JoinHandle<()>,
+    serving: watch::Sender<bool>,
+    server: Option<(CancellationToken, JoinHandle<()>)>,
+}
+
+impl ControlPlane {
+    /// Loads the config (refusing to start if it is invalid), starts the
+    /// watcher and serves xDS.
+    pub async fn start(opts: ControlPlaneOptions) -> Result<ControlPlane, ControlPlaneError> {
+        let (meshes, reloads, watcher) = config::watch_with_status(opts.config.clone(), opts.overlay)
+            .map_err(ControlPlaneError::Config)?;
+        let xds_addr = opts
+            .xds
+            .local_addr()
+            .map_err(|source| ControlPlaneError::Listen {
+                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                source,
+            })?;
+        let (serving, _) = watch::channel(false);
+        let mut cp = ControlPlane {
+            xds_addr,
+            identity: opts.identity,
+            meshes,
+            reloads,
+            watcher,
+            serving,
+            server: None,
+        };
+        cp.serve(opts.xds)?;
+        tracing::info!(xds = %xds_addr, config = %opts.config.display(), "control plane serving");
+        Ok(cp)
+    }
+
+    fn serve(&mut self, listener: TcpListener) -> Result<(), ControlPlaneError> {
+        let tls = meshward_spire::tls::server_config(&self.identity, &[b"h2"])?;
+        let incoming = meshward_spire::grpc::incoming(listener, tls);
+        let service = XdsServer::new(self.meshes.clone()).into_service();
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let result = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, stopped.cancelled_owned())
+                .await;
+            if let Err(e) = result {
+                tracing::error!("xDS server stopped: {e}");
+            }
+        });
+        self.server = Some((stop, task));
+        self.serving.send_replace(true);
+        Ok(())
+    }
+
+    pub fn xds_addr(&self) -> SocketAddr {
+        self.xds_addr
+    }
+
+    /// The current (last good) model.
+    pub fn mesh(&self) -> Arc<Mesh> {
+        self.meshes.borrow().clone()
+    }
+
+    /// The outcome of the latest config reload (a refused edit shows here).
+    pub fn reload_status(&self) -> ReloadStatus {
+        self.reloads.borrow().clone()
+    }
+
+    /// A subscription to model changes.
+    pub fn meshes(&self) -> watch::Receiver<Arc<Mesh>> {
+        self.meshes.clone()
+    }
+
+    pub fn status(&self) -> ControlPlaneStatus {
+        ControlPlaneStatus {
+            meshes: self.meshes.clone(),
+            serving: self.serving.subscribe(),
+        }
+    }
+
+    /// Stops serving xDS (open streams are closed); the watcher keeps running.
+    pub async fn stop_xds(&mut self) {
+        if let Some((stop, task)) = self.server.take() {
+            stop.cancel();
+            // Streams are long-lived: close them rather than wait for them.
+            task.abort();
+            let _ = task.await;
+        }
+        self.serving.send_replace(false);
+    }
+
+    /// Serves xDS again on the same address.
+    pub async fn start_xds(&mut self) -> Result<(), ControlPlaneError> {
+        if self.server.is_some() {
+            return Ok(());
+        }
+        let listener =
+            TcpListener::bind(self.xds_addr)
+                .await
+                .map_err(|source| ControlPlaneError::Listen {
+                    addr: self.xds_addr,
+                    source,
+                })?;
+        self.serve(listener)
+    }
+
+    /// `stop_xds` then `start_xds`.
+    pub async fn restart(&mut self) -> Result<(), ControlPlaneError> {
+        self.stop_xds().await;
+        self.start_xds().await
+    }
+
+    pub async fn shutdown(mut self) {
+        self.stop_xds().await;
+        self.watcher.abort();
+        let _ = (&mut self.watcher).await;
+    }
+}

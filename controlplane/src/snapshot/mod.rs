@@ -1,0 +1,190 @@
+//! Per-node snapshots: the mesh model turned into the xDS resources one node
+//! may see.
+//!
+//! A snapshot is built for one *proven* identity (the SPIFFE ID of the xDS
+//! stream's mTLS peer), so authorization happens here, once, and the xDS
+//! server never has to reason about who may see what: it only serves what the
+//! snapshot holds. Every resource carries a content version (hex SHA-256 of
+//! its encoded bytes) so a rebuild after an unrelated change keeps the
+//! versions of untouched resources and delta xDS sends only what changed.
+
+mod access;
+mod resources;
+
+use std::collections::BTreeMap;
+
+use envoy_types::pb::google::protobuf::Any;
+use sha2::{Digest, Sha256};
+
+use crate::config::Mesh;
+
+pub use access::{NodeKind, classify};
+
+/// Type URLs of every resource type the control plane serves.
+pub mod type_url {
+    /// `envoy.config.cluster.v3.Cluster` (CDS).
+    pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
+    /// `envoy.config.endpoint.v3.ClusterLoadAssignment` (EDS).
+    pub const CLUSTER_LOAD_ASSIGNMENT: &str =
+        "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+    /// `envoy.config.listener.v3.Listener` (LDS).
+    pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
+    /// `envoy.config.route.v3.RouteConfiguration` (RDS).
+    pub const ROUTE_CONFIGURATION: &str =
+        "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
+    /// Meshward's policy bundle.
+    pub const POLICY_BUNDLE: &str = meshward_proto::meshward::v1::POLICY_BUNDLE_TYPE_URL;
+    /// Meshward's agent registry entries.
+    pub const AGENT: &str = meshward_proto::meshward::v1::AGENT_TYPE_URL;
+
+    /// The order in which a new snapshot is pushed on an ADS stream: make
+    /// before break (clusters before the endpoints and listeners that use
+    /// them), then Meshward's own types, which reference nothing.
+    pub const PUSH_ORDER: [&str; 6] = [
+        CLUSTER,
+        CLUSTER_LOAD_ASSIGNMENT,
+        LISTENER,
+        ROUTE_CONFIGURATION,
+        POLICY_BUNDLE,
+        AGENT,
+    ];
+
+    /// Position of `type_url` in [`PUSH_ORDER`]; unknown types go last.
+    pub fn push_rank(type_url: &str) -> usize {
+        PUSH_ORDER
+            .iter()
+            .position(|t| *t == type_url)
+            .unwrap_or(PUSH_ORDER.len())
+    }
+}
+
+/// Who is asking: the identity its certificate proves, plus the (unproven,
+/// informational) node id from the xDS `Node` message.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NodeIdentity {
+    /// SPIFFE ID of the stream's mTLS peer; the only input to authorization.
+    pub spiffe_id: String,
+    /// `Node.id` as sent by the client; used for logs only.
+    pub node_id: String,
+}
+
+/// One resource with its content version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VersionedResource {
+    /// Hex SHA-256 of `resource.value` (the encoded resource).
+    pub version: String,
+    pub resource: Any,
+}
+
+impl VersionedResource {
+    /// Wraps already-encoded bytes; the version is derived from them.
+    pub fn from_encoded(type_url: &str, value: Vec<u8>) -> Self {
+        let version = hex::encode(Sha256::digest(&value));
+        Self {
+            version,
+            resource: Any {
+                type_url: type_url.to_string(),
+                value,
+            },
+        }
+    }
+}
+
+/// All resources one node may see: per type URL, name → versioned resource.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    types: BTreeMap<String, BTreeMap<String, VersionedResource>>,
+}
+
+impl Snapshot {
+    /// The resources of `type_url` (empty if the node may see none).
+    pub fn resources(&self, type_url: &str) -> impl Iterator<Item = (&str, &VersionedResource)> {
+        self.types
+            .get(type_url)
+            .into_iter()
+            .flat_map(|m| m.iter().map(|(k, v)| (k.as_str(), v)))
+    }
+
+    /// One resource by type and name.
+    pub fn get(&self, type_url: &str, name: &str) -> Option<&VersionedResource> {
+        self.types.get(type_url).and_then(|m| m.get(name))
+    }
+
+    /// Number of resources of `type_url`.
+    pub fn len(&self, type_url: &str) -> usize {
+        self.types.get(type_url).map_or(0, BTreeMap::len)
+    }
+
+    /// True when the snapshot holds no resource at all.
+    pub fn is_empty(&self) -> bool {
+        self.types.values().all(BTreeMap::is_empty)
+    }
+
+    /// Adds (or replaces) a resource.
+    pub fn insert(&mut self, type_url: &str, name: String, resource: VersionedResource) {
+        self.types
+            .entry(type_url.to_string())
+            .or_default()
+            .insert(name, resource);
+    }
+}
+
+/// Builds the snapshot for `node` from `mesh`.
+///
+/// What a node receives depends only on the identity its certificate proves
+/// (see [`NodeKind`]):
+///
+/// | node | clusters + endpoints | `PolicyBundle` | `Agent` |
+/// |---|---|---|---|
+/// | registered agent | all | yes | its own only |
+/// | registered service | all | yes | all (its inbound side authorizes callers) |
+/// | other ID in the trust domain (the control plane itself, an Envoy gateway) | all | no | none |
+/// | ID outside the trust domain | none | no | none |
+///
+/// Listeners and route configurations are not built yet: LDS/RDS
+/// subscriptions are answered with no resources.
+pub fn build(mesh: &Mesh, node: &NodeIdentity) -> Snapshot {
+    let mut snapshot = Snapshot::default();
+    let kind = classify(mesh, &node.spiffe_id);
+    if kind == NodeKind::Foreign {
+        return snapshot;
+    }
+    for service in mesh.services.values() {
+        snapshot.insert(
+            type_url::CLUSTER,
+            service.name.clone(),
+            resources::cluster(service),
+        );
+        snapshot.insert(
+            type_url::CLUSTER_LOAD_ASSIGNMENT,
+            service.name.clone(),
+            resources::load_assignment(service),
+        );
+    }
+    let agents: Vec<_> = match &kind {
+        NodeKind::Agent(_) => mesh
+            .agent_by_spiffe_id(&node.spiffe_id)
+            .into_iter()
+            .collect(),
+        NodeKind::Service(_) => mesh.agents.values().collect(),
+        NodeKind::Unregistered | NodeKind::Foreign => Vec::new(),
+    };
+    if matches!(kind, NodeKind::Agent(_) | NodeKind::Service(_)) {
+        snapshot.insert(
+            type_url::POLICY_BUNDLE,
+            resources::POLICY_BUNDLE_NAME.to_string(),
+            resources::policy_bundle(&mesh.policy),
+        );
+    }
+    for agent in agents {
+        snapshot.insert(
+            type_url::AGENT,
+            agent.spiffe_id.clone(),
+            resources::agent(agent),
+        );
+    }
+    snapshot
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -1,0 +1,508 @@
+//! The ADS server over loopback TCP, with the peer identity injected by a
+//! test transport the way `meshward_spire::grpc::incoming` injects it after
+//! an mTLS handshake.
+//!
+//! "Nothing was sent" is observed without sleeping: after the step under
+//! test, the client subscribes to a type it has not asked for yet (a made-up
+//! probe type), whose first request the server always answers; responses on a stream are ordered, so if
+//! that answer is the next message, nothing else was pushed before it.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+};
+use envoy_types::pb::google::rpc::Status as RpcStatus;
+use meshward_spire::grpc::PeerIdentity;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_util::sync::CancellationToken;
+use tonic::Streaming;
+use tonic::transport::server::Connected;
+use tonic::transport::{Channel, Server};
+
+use super::XdsServer;
+use crate::config::Mesh;
+use crate::snapshot::{tests as fixtures, type_url};
+
+const HELLO: &str = "spiffe://example.org/service/hello";
+const TRIAGE: &str = "spiffe://example.org/agent/triage";
+const BILLING_BOT: &str = "spiffe://example.org/agent/billing-bot";
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A TCP connection labelled with a fixed, test-chosen peer identity.
+struct LabelledTcp {
+    inner: TcpStream,
+    peer: PeerIdentity,
+}
+
+impl Connected for LabelledTcp {
+    type ConnectInfo = PeerIdentity;
+    fn connect_info(&self) -> PeerIdentity {
+        self.peer.clone()
+    }
+}
+
+impl AsyncRead for LabelledTcp {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for LabelledTcp {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+struct Harness {
+    meshes: watch::Sender<Arc<Mesh>>,
+    shutdown: CancellationToken,
+    client: AggregatedDiscoveryServiceClient<Channel>,
+}
+
+impl Harness {
+    /// A server whose every connection is `peer` (`None`: plain TCP, no identity).
+    async fn start(peer: Option<&str>) -> Self {
+        let (tx, rx) = watch::channel(Arc::new(fixtures::mesh()));
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("bind: {e}"));
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("local_addr: {e}"));
+        let shutdown = CancellationToken::new();
+        let service = XdsServer::new(rx)
+            .with_shutdown(shutdown.clone())
+            .into_service();
+        match peer {
+            Some(spiffe_id) => {
+                let spiffe_id = spiffe_id.to_string();
+                let incoming = TcpListenerStream::new(listener).map(move |conn| {
+                    conn.map(|inner| {
+                        let remote_addr = inner
+                            .peer_addr()
+                            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+                        LabelledTcp {
+                            inner,
+                            peer: PeerIdentity {
+                                spiffe_id: spiffe_id.clone(),
+                                remote_addr,
+                            },
+                        }
+                    })
+                });
+                tokio::spawn(
+                    Server::builder()
+                        .add_service(service)
+                        .serve_with_incoming(incoming),
+                );
+            }
+            None => {
+                let incoming = TcpListenerStream::new(listener);
+                tokio::spawn(
+                    Server::builder()
+                        .add_service(service)
+                        .serve_with_incoming(incoming),
+                );
+            }
+        }
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap_or_else(|e| panic!("endpoint: {e}"))
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("connect: {e}"));
+        Self {
+            meshes: tx,
+            shutdown,
+            client: AggregatedDiscoveryServiceClient::new(channel),
+        }
+    }
+
+    async fn delta(&mut self) -> DeltaStream {
+        let (tx, rx) = mpsc::channel(16);
+        let responses = self
+            .client
+            .delta_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .unwrap_or_else(|e| panic!("delta stream refused: {e}"))
+            .into_inner();
+        DeltaStream {
+            tx,
+            responses,
+            probes: 0,
+        }
+    }
+
+    async fn sotw(&mut self) -> SotwStream {
+        let (tx, rx) = mpsc::channel(16);
+        let responses = self
+            .client
+            .stream_aggregated_resources(ReceiverStream::new(rx))
+            .await
+            .unwrap_or_else(|e| panic!("sotw stream refused: {e}"))
+            .into_inner();
+        SotwStream { tx, responses }
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Mesh)) {
+        let mut mesh = (**self.meshes.borrow()).clone();
+        change(&mut mesh);
+        self.meshes.send_replace(Arc::new(mesh));
+    }
+}
+
+struct DeltaStream {
+    tx: mpsc::Sender<DeltaDiscoveryRequest>,
+    responses: Streaming<DeltaDiscoveryResponse>,
+    probes: u32,
+}
+
+impl DeltaStream {
+    async fn send(&self, request: DeltaDiscoveryRequest) {
+        self.tx
+            .send(request)
+            .await
+            .unwrap_or_else(|e| panic!("send: {e}"));
+    }
+
+    async fn subscribe_wildcard(&self, type_url: &str) {
+        self.send(DeltaDiscoveryRequest {
+            node: Some(Node {
+                id: "test-node".into(),
+                ..Default::default()
+            }),
+            type_url: type_url.into(),
+            ..Default::default()
+        })
+        .await;
+    }
+
+    async fn next(&mut self) -> DeltaDiscoveryResponse {
+        match tokio::time::timeout(WAIT, self.responses.message()).await {
+            Ok(Ok(Some(r))) => r,
+            other => panic!("expected a delta response, got {other:?}"),
+        }
+    }
+
+    async fn ack(&self, response: &DeltaDiscoveryResponse) {
+        self.send(DeltaDiscoveryRequest {
+            type_url: response.type_url.clone(),
+            response_nonce: response.nonce.clone(),
+            ..Default::default()
+        })
+        .await;
+    }
+
+    /// Subscribes and ACKs one type; returns its initial response.
+    async fn warm(&mut self, type_url: &str) -> DeltaDiscoveryResponse {
+        self.subscribe_wildcard(type_url).await;
+        let r = self.next().await;
+        assert_eq!(r.type_url, type_url);
+        self.ack(&r).await;
+        r
+    }
+
+    /// Asserts nothing was pushed since the last message (see module docs).
+    async fn assert_quiet(&mut self) {
+        self.probes += 1;
+        let probe = format!("type.googleapis.com/meshward.test.Probe{}", self.probes);
+        self.subscribe_wildcard(&probe).await;
+        let r = self.next().await;
+        assert_eq!(r.type_url, probe, "unexpected push: {r:?}");
+        self.ack(&r).await;
+    }
+}
+
+struct SotwStream {
+    tx: mpsc::Sender<DiscoveryRequest>,
+    responses: Streaming<DiscoveryResponse>,
+}
+
+impl SotwStream {
+    async fn send(&self, request: DiscoveryRequest) {
+        self.tx
+            .send(request)
+            .await
+            .unwrap_or_else(|e| panic!("send: {e}"));
+    }
+
+    async fn next(&mut self) -> DiscoveryResponse {
+        match tokio::time::timeout(WAIT, self.responses.message()).await {
+            Ok(Ok(Some(r))) => r,
+            other => panic!("expected a response, got {other:?}"),
+        }
+    }
+}
+
+fn names(r: &DeltaDiscoveryResponse) -> Vec<&str> {
+    r.resources.iter().map(|r| r.name.as_str()).collect()
+}
+
+#[tokio::test]
+async fn missing_peer_identity_is_unauthenticated() {
+    let mut h = Harness::start(None).await;
+    let (_tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(1);
+    let status = match h
+        .client
+        .delta_aggregated_resources(ReceiverStream::new(rx))
+        .await
+    {
+        Ok(_) => panic!("stream without identity was served"),
+        Err(status) => status,
+    };
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    let (_tx, rx) = mpsc::channel::<DiscoveryRequest>(1);
+    let status = match h
+        .client
+        .stream_aggregated_resources(ReceiverStream::new(rx))
+        .await
+    {
+        Ok(_) => panic!("stream without identity was served"),
+        Err(status) => status,
+    };
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn delta_wildcard_initial_responses_and_ack_without_resend() {
+    let mut h = Harness::start(Some(HELLO)).await;
+    let mut s = h.delta().await;
+    let cds = s.warm(type_url::CLUSTER).await;
+    assert_eq!(names(&cds), vec!["billing", "hello"]);
+    let eds = s.warm(type_url::CLUSTER_LOAD_ASSIGNMENT).await;
+    assert_eq!(names(&eds), vec!["billing", "hello"]);
+    let policy = s.warm(type_url::POLICY_BUNDLE).await;
+    assert_eq!(names(&policy), vec!["default"]);
+    let agents = s.warm(type_url::AGENT).await;
+    assert_eq!(names(&agents), vec![BILLING_BOT, TRIAGE]);
+    s.assert_quiet().await;
+}
+
+#[tokio::test]
+async fn delta_agent_node_sees_only_itself() {
+    let mut h = Harness::start(Some(TRIAGE)).await;
+    let mut s = h.delta().await;
+    let agents = s.warm(type_url::AGENT).await;
+    assert_eq!(names(&agents), vec![TRIAGE]);
+}
+
+#[tokio::test]
+async fn delta_unregistered_node_gets_no_policy_and_no_agents() {
+    let mut h = Harness::start(Some("spiffe://example.org/meshward/controlplane")).await;
+    let mut s = h.delta().await;
+    assert!(s.warm(type_url::POLICY_BUNDLE).await.resources.is_empty());
+    assert!(s.warm(type_url::AGENT).await.resources.is_empty());
+    assert_eq!(s.warm(type_url::CLUSTER).await.resources.len(), 2);
+}
+
+#[tokio::test]
+async fn delta_nack_is_logged_and_not_resent_until_change() {
+    let mut h = Harness::start(Some(HELLO)).await;
+    let mut s = h.delta().await;
+    s.subscribe_wildcard(type_url::POLICY_BUNDLE).await;
+    let first = s.next().await;
+    s.send(DeltaDiscoveryRequest {
+        type_url: first.type_url.clone(),
+        response_nonce: first.nonce.clone(),
+        error_detail: Some(RpcStatus {
+            code: tonic::Code::InvalidArgument as i32,
+            message: "policy bundle does not compile".into(),
+            details: vec![],
+        }),
+        ..Default::default()
+    })
+    .await;
+    s.assert_quiet().await;
+    // An unrelated model change (same bundle) does not resend it either.
+    h.update(|m| {
+        if let Some(a) = m.agents.get_mut("triage") {
+            a.permissions.push("x".into());
+        }
+    });
+    s.assert_quiet().await;
+    h.update(|m| m.policy.revision = "r2".into());
+    let fixed = s.next().await;
+    assert_eq!(fixed.type_url, type_url::POLICY_BUNDLE);
+    assert_eq!(names(&fixed), vec!["default"]);
+}
+
+#[tokio::test]
+async fn delta_change_sends_only_changed_and_removal_sends_removed_resources() {
+    let mut h = Harness::start(Some(HELLO)).await;
+    let mut s = h.delta().await;
+    s.warm(type_url::AGENT).await;
+    h.update(|m| {
+        if let Some(a) = m.agents.get_mut("triage") {
+            a.attributes.insert("tier".into(), "gold".into());
+        }
+    });
+    let changed = s.next().await;
+    assert_eq!(names(&changed), vec![TRIAGE]);
+    assert!(changed.removed_resources.is_empty());
+    s.ack(&changed).await;
+    h.update(|m| {
+        m.agents.remove("billing-bot");
+    });
+    let removed = s.next().await;
+    assert!(removed.resources.is_empty());
+    assert_eq!(removed.removed_resources, vec![BILLING_BOT]);
+    s.ack(&removed).await;
+    s.assert_quiet().await;
+}
+
+#[tokio::test]
+async fn delta_push_order_is_cds_eds_policy_agent() {
+    let mut h = Harness::start(Some(HELLO)).await;
+    let mut s = h.delta().await;
+    // Subscribe in reverse to show the order comes from the server.
+    for t in [
+        type_url::AGENT,
+        type_url::POLICY_BUNDLE,
+        type_url::CLUSTER_LOAD_ASSIGNMENT,
+        type_url::CLUSTER,
+    ] {
+        s.warm(t).await;
+    }
+    h.update(|m| {
+        m.policy.revision = "r2".into();
+        m.services.remove("billing");
+        if let Some(a) = m.agents.get_mut("triage") {
+            a.permissions.push("x".into());
+        }
+    });
+    let mut order = Vec::new();
+    for _ in 0..4 {
+        let r = s.next().await;
+        s.ack(&r).await;
+        order.push(r.type_url);
+    }
+    assert_eq!(
+        order,
+        vec![
+            type_url::CLUSTER,
+            type_url::CLUSTER_LOAD_ASSIGNMENT,
+            type_url::POLICY_BUNDLE,
+            type_url::AGENT
+        ]
+    );
+}
+
+#[tokio::test]
+async fn delta_reconnect_with_initial_versions_sends_only_differences() {
+    let mut h = Harness::start(Some(HELLO)).await;
+    let mut s = h.delta().await;
+    let first = s.warm(type_url::AGENT).await;
+    drop(s);
+    h.update(|m| {
+        if let Some(a) = m.agents.get_mut("triage") {
+            a.permissions.push("x".into());
+        }
+    });
+    let s = h.delta().await;
+    let mut s = s;
+    s.send(DeltaDiscoveryRequest {
+        type_url: type_url::AGENT.into(),
+        initial_resource_versions: first
+            .resources
+            .iter()
+            .map(|r| (r.name.clone(), r.version.clone()))
+            .collect(),
+        ..Default::default()
+    })
+    .await;
+    let r = s.next().await;
+    assert_eq!(names(&r), vec![TRIAGE]);
+}
+
+#[tokio::test]
+async fn sotw_basic_flow() {
+    let mut h = Harness::start(Some(HELLO)).await;
+    let mut s = h.sotw().await;
+    let request = |names: &[&str], ack: Option<&DiscoveryResponse>| DiscoveryRequest {
+        node: Some(Node {
+            id: "envoy-1".into(),
+            ..Default::default()
+        }),
+        type_url: type_url::CLUSTER.into(),
+        resource_names: names.iter().map(|n| n.to_string()).collect(),
+        version_info: ack.map(|r| r.version_info.clone()).unwrap_or_default(),
+        response_nonce: ack.map(|r| r.nonce.clone()).unwrap_or_default(),
+        ..Default::default()
+    };
+    s.send(request(&[], None)).await;
+    let first = s.next().await;
+    assert_eq!(first.resources.len(), 2);
+    s.send(request(&[], Some(&first))).await;
+
+    // A change resends the complete state of the world.
+    h.update(|m| {
+        if let Some(svc) = m.services.get_mut("hello") {
+            svc.metadata.insert("tier".into(), "gold".into());
+        }
+    });
+    let second = s.next().await;
+    assert_eq!(second.resources.len(), 2);
+    assert_ne!(second.version_info, first.version_info);
+
+    // NACK: keep the old version, nothing resent.
+    let mut nack = request(&[], Some(&second));
+    nack.version_info = first.version_info.clone();
+    nack.error_detail = Some(RpcStatus {
+        code: tonic::Code::InvalidArgument as i32,
+        message: "bad cluster".into(),
+        details: vec![],
+    });
+    s.send(nack).await;
+    // Probe: a new type is always answered; it must be the next message.
+    s.send(DiscoveryRequest {
+        type_url: type_url::LISTENER.into(),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(s.next().await.type_url, type_url::LISTENER);
+
+    // Removal: the next state of the world no longer has the cluster.
+    h.update(|m| {
+        m.services.remove("billing");
+    });
+    let third = s.next().await;
+    assert_eq!(third.type_url, type_url::CLUSTER);
+    assert_eq!(third.resources.len(), 1);
+}
+
+#[tokio::test]
+async fn shutdown_ends_open_streams_with_unavailable() {
+    let mut h = Harness::start(Some(HELLO)).await;
+    let mut s = h.delta().await;
+    s.warm(type_url::CLUSTER).await;
+    h.shutdown.cancel();
+    match tokio::time::timeout(WAIT, s.responses.message()).await {
+        Ok(Err(status)) => assert_eq!(status.code(), tonic::Code::Unavailable),
+        other => panic!("expected UNAVAILABLE, got {other:?}"),
+    }
+}

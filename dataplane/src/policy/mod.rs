@@ -1,0 +1,70 @@
+//! Authorization policy: Rego bundles evaluated in-process with `regorus`.
+//!
+//! This is the "authorize" step of the request path, shared by the sidecar
+//! (inbound and outbound) and the ext_authz server so that one bundle gives one
+//! answer whichever way a request arrives. The pieces:
+//!
+//! - [`input`] turns what the proxy knows about a request into the input
+//!   document — a superset of opa-envoy-plugin's, so policies written for
+//!   OPA-Envoy run unchanged, plus `input.meshward` with the caller's registry
+//!   facts.
+//! - [`engine`] compiles a [`PolicyBundle`](meshward_proto::meshward::v1::PolicyBundle)
+//!   once per revision and evaluates requests on clones of the prepared engine,
+//!   because a fresh engine per request is several times slower.
+//! - [`decision`] reads the decision rule's value with opa-envoy-plugin's
+//!   contract (a bool, or an object with `allowed`, `headers`, ...). Anything
+//!   it cannot read is an error, and every error denies: the policy layer
+//!   fails closed.
+
+pub mod decision;
+pub mod engine;
+pub mod input;
+
+#[cfg(test)]
+mod rego_tests;
+
+pub use decision::Decision;
+pub use engine::CompiledPolicy;
+pub use input::{CallerFacts, Direction, RequestFacts, ServiceFacts, build_input};
+
+/// Why a bundle could not be compiled or a decision could not be made.
+///
+/// Every variant is a deny for the request that hit it; the messages name the
+/// module, rule or field involved so the operator can fix the bundle.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// A module did not parse or the bundle did not type-check / schedule.
+    #[error("policy bundle {bundle:?}: module {module}: {message}")]
+    Compile {
+        bundle: String,
+        module: String,
+        message: String,
+    },
+    /// `data_json` is not a JSON object or conflicts with itself.
+    #[error("policy bundle {bundle:?}: data document: {message}")]
+    Data { bundle: String, message: String },
+    /// The decision path is malformed or no module defines it.
+    #[error("policy bundle {bundle:?}: decision rule {rule:?} {message}")]
+    DecisionRule {
+        bundle: String,
+        rule: String,
+        message: String,
+    },
+    /// The input document could not be handed to the engine.
+    #[error("policy input: {0}")]
+    Input(String),
+    /// Evaluation failed (builtin error, conflict, timeout, ...).
+    #[error("evaluating {rule} (revision {revision}): {message}")]
+    Eval {
+        rule: String,
+        revision: String,
+        message: String,
+    },
+    /// The decision rule produced a value that is not a valid decision.
+    #[error("decision {rule} (revision {revision}): {message}")]
+    InvalidDecision {
+        rule: String,
+        revision: String,
+        message: String,
+    },
+}

@@ -1,0 +1,211 @@
+//! The HTTP proxy: listeners, the per-request pipeline and upstream clients.
+//!
+//! - outbound (agent-facing, plain HTTP/1.1 and h2c on loopback): the caller
+//!   is this sidecar's own workload;
+//! - inbound (mTLS, HTTP/1.1 and h2 by ALPN): the caller is whoever the peer
+//!   certificate proves.
+
+pub mod body;
+pub mod guard;
+pub mod headers;
+pub mod pipeline;
+pub mod refusal;
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::breaker::Breakers;
+use crate::policy::Direction;
+use crate::ratelimit::RateLimiter;
+use crate::state::{MeshState, Upstream};
+use pipeline::Arrival;
+
+/// State shared by every request of one dataplane.
+pub struct Shared {
+    /// Name used in logs and metric labels (e.g. the agent's name).
+    pub name: String,
+    /// This workload's SPIFFE ID (from its SVID).
+    pub own_spiffe_id: String,
+    pub state: watch::Receiver<Option<Arc<MeshState>>>,
+    pub limiter: RateLimiter,
+    pub breakers: Breakers,
+    pub mesh_client: upstream::MeshClient,
+    pub local_client: upstream::LocalClient,
+    /// The app behind an inbound dataplane.
+    pub local_upstream: Option<SocketAddr>,
+    pub request_timeout: Duration,
+    next_endpoint: AtomicUsize,
+}
+
+impl Shared {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: String,
+        own_spiffe_id: String,
+        state: watch::Receiver<Option<Arc<MeshState>>>,
+        mesh_client: upstream::MeshClient,
+        local_upstream: Option<SocketAddr>,
+        request_timeout: Duration,
+    ) -> Self {
+        Self {
+            name,
+            own_spiffe_id,
+            state,
+            limiter: RateLimiter::new(),
+            breakers: Breakers::new(),
+            mesh_client,
+            local_client: upstream::LocalClient::default(),
+            local_upstream,
+            request_timeout,
+            next_endpoint: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn current_state(&self) -> Option<Arc<MeshState>> {
+        self.state.borrow().clone()
+    }
+
+    /// Round-robin over the upstream's endpoints.
+    pub fn pick_endpoint(&self, upstream: &Upstream) -> Option<SocketAddr> {
+        if upstream.endpoints.is_empty() {
+            return None;
+        }
+        let i = self.next_endpoint.fetch_add(1, Ordering::Relaxed);
+        upstream
+            .endpoints
+            .get(i % upstream.endpoints.len())
+            .copied()
+    }
+}
+
+/// Serves plain HTTP/1.1 and h2c (prior knowledge) from the local agent.
+pub async fn serve_outbound(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        let (tcp, remote) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(dataplane = %shared.name, "outbound accept failed: {e}");
+                    // Out of file descriptors and the like: back off, don't spin.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let local = tcp.local_addr().unwrap_or(remote);
+        let shared = shared.clone();
+        let stop = stop.clone();
+        let arrival = Arrival {
+            direction: Direction::Outbound,
+            peer_spiffe_id: None,
+            remote_addr: remote,
+            local_addr: local,
+        };
+        tokio::spawn(serve_connection(TokioIo::new(tcp), arrival, shared, stop));
+    }
+}
+
+/// Serves mTLS (h2 or HTTP/1.1 by ALPN) from other workloads' dataplanes.
+/// The handshake itself refuses peers without a valid SVID.
+pub async fn serve_inbound(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(dataplane = %shared.name, "inbound accept failed: {e}");
+                    // Out of file descriptors and the like: back off, don't spin.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let local = tcp.local_addr().unwrap_or(remote);
+        let acceptor = acceptor.clone();
+        let shared = shared.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
+                .await
+            {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::info!(dataplane = %shared.name, peer = %remote, "TLS handshake refused: {e}");
+                    metrics::counter!("meshward_tls_handshake_failures_total", "dataplane" => shared.name.clone()).increment(1);
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(dataplane = %shared.name, peer = %remote, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let peer = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .ok_or_else(|| {
+                    meshward_spire::IdentityError::PeerCertificate("no client certificate".into())
+                })
+                .and_then(meshward_spire::tls::peer_spiffe_id);
+            let peer = match peer {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::info!(dataplane = %shared.name, peer = %remote, "peer identity refused: {e}");
+                    return;
+                }
+            };
+            let arrival = Arrival {
+                direction: Direction::Inbound,
+                peer_spiffe_id: Some(peer),
+                remote_addr: remote,
+                local_addr: local,
+            };
+            serve_connection(TokioIo::new(tls), arrival, shared, stop).await;
+        });
+    }
+}
+
+/// Serves HTTP/1.1 or h2 (auto-detected) on one accepted connection.
+async fn serve_connection<I>(
+    io: TokioIo<I>,
+    arrival: Arrival,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let remote = arrival.remote_addr;
+    let svc = service_fn(move |req| {
+        let shared = shared.clone();
+        let arrival = arrival.clone();
+        async move { Ok::<_, std::convert::Infallible>(pipeline::handle(shared, arrival, req).await) }
+    });
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection(io, svc);
+    tokio::select! {
+        res = conn => if let Err(e) = res {
+            tracing::debug!("connection from {remote} ended: {e}");
+        },
+        _ = stop.cancelled() => {}
+    }
+}

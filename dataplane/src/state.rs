@@ -1,0 +1,55 @@
+//! The dataplane's view of the mesh: one immutable, fully validated snapshot.
+//!
+//! The xDS client builds a new [`MeshState`] only from resources that passed
+//! validation and only once every subscribed type has arrived ("warm"), then
+//! publishes it on a watch channel. The request path reads the current
+//! `Arc<MeshState>` per request, so an update never tears a request in half
+//! and a rejected update never reaches it.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::breaker::BreakerSettings;
+use crate::policy::CompiledPolicy;
+use crate::ratelimit::RateLimitSettings;
+
+/// Everything the request path needs, as of one consistent set of xDS versions.
+#[derive(Debug, Clone)]
+pub struct MeshState {
+    /// Upstream services by cluster (service) name.
+    pub clusters: HashMap<String, Arc<Upstream>>,
+    /// Registered agents this node may know, by SPIFFE ID.
+    pub agents: HashMap<String, Arc<AgentInfo>>,
+    /// The compiled mesh policy bundle.
+    pub policy: Arc<CompiledPolicy>,
+    /// Per type URL, the `system_version_info` of the last applied response.
+    pub versions: BTreeMap<String, String>,
+}
+
+/// One upstream service: where it is, who it must be, how to treat callers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upstream {
+    pub name: String,
+    /// The SPIFFE ID the service's inbound dataplane must present.
+    pub spiffe_id: String,
+    /// Its inbound dataplanes (empty until its endpoints arrive).
+    pub endpoints: Vec<SocketAddr>,
+    /// Registry metadata (team, environment, data classification, ...).
+    pub metadata: BTreeMap<String, String>,
+    /// Per-(caller, upstream) breaker thresholds.
+    pub breaker: BreakerSettings,
+    /// The limit the service's inbound side applies to each caller.
+    pub per_caller_limits: RateLimitSettings,
+}
+
+/// A registered agent identity: attributes, permissions and limits.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentInfo {
+    pub name: String,
+    pub spiffe_id: String,
+    pub attributes: BTreeMap<String, String>,
+    pub permissions: Vec<String>,
+    /// The agent's own egress limit.
+    pub limits: RateLimitSettings,
+}

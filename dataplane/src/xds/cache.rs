@@ -1,0 +1,368 @@
+//! The client's copy of what the control plane sent, one typed cache per
+//! subscribed type, and the assembly of [`MeshState`] from them.
+//!
+//! A delta response is applied all-or-nothing: every resource in it is
+//! validated first, and only if all pass are they stored and the removals
+//! applied. So a NACKed response leaves the cache, and the published state,
+//! exactly as they were.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse;
+
+use super::handlers::{
+    AgentHandler, ClusterHandler, ClusterSpec, EndpointHandler, Handler, PolicyHandler,
+};
+use crate::state::{MeshState, Upstream};
+
+/// Name of the mesh-wide policy bundle the request path evaluates.
+pub const POLICY_BUNDLE_NAME: &str = "default";
+
+/// Validated resources of one type.
+#[derive(Debug)]
+pub struct TypeCache<H: Handler> {
+    /// name → (version, validated item).
+    resources: BTreeMap<String, (String, H::Item)>,
+    /// A response of this type has been applied at least once.
+    received: bool,
+    /// `system_version_info` of the last applied response.
+    system_version: String,
+}
+
+impl<H: Handler> Default for TypeCache<H> {
+    fn default() -> Self {
+        Self {
+            resources: BTreeMap::new(),
+            received: false,
+            system_version: String::new(),
+        }
+    }
+}
+
+impl<H: Handler> TypeCache<H> {
+    /// Validates the whole response, then applies it; on any invalid
+    /// resource nothing changes and the error lists every reason.
+    pub fn apply(&mut self, response: &DeltaDiscoveryResponse) -> Result<(), String> {
+        let mut updates = Vec::with_capacity(response.resources.len());
+        let mut removals: Vec<&str> = response
+            .removed_resources
+            .iter()
+            .map(String::as_str)
+            .collect();
+        let mut errors = Vec::new();
+        for resource in &response.resources {
+            match &resource.resource {
+                // A named resource without a body means "does not exist".
+                None => removals.push(&resource.name),
+                Some(any) => match H::validate(&resource.name, any) {
+                    Ok(item) => updates.push((&resource.name, &resource.version, item)),
+                    Err(reason) => errors.push(format!(
+                        "{} {:?}: {reason}",
+                        short_type(H::TYPE_URL),
+                        resource.name
+                    )),
+                },
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors.join("; "));
+        }
+        for name in removals {
+            self.resources.remove(name);
+        }
+        for (name, version, item) in updates {
+            self.resources.insert(name.clone(), (version.clone(), item));
+        }
+        self.received = true;
+        self.system_version = response.system_version_info.clone();
+        Ok(())
+    }
+
+    /// name → version of everything held, for `initial_resource_versions`.
+    pub fn versions(&self) -> HashMap<String, String> {
+        self.resources
+            .iter()
+            .map(|(name, (version, _))| (name.clone(), version.clone()))
+            .collect()
+    }
+
+    fn get(&self, name: &str) -> Option<&H::Item> {
+        self.resources.get(name).map(|(_, item)| item)
+    }
+
+    fn items(&self) -> impl Iterator<Item = (&String, &H::Item)> {
+        self.resources.iter().map(|(name, (_, item))| (name, item))
+    }
+}
+
+/// The last part of a type URL, for messages.
+fn short_type(type_url: &str) -> &str {
+    type_url.rsplit(['/', '.']).next().unwrap_or(type_url)
+}
+
+/// All four caches.
+#[derive(Debug, Default)]
+pub struct Caches {
+    clusters: TypeCache<ClusterHandler>,
+    endpoints: TypeCache<EndpointHandler>,
+    policies: TypeCache<PolicyHandler>,
+    agents: TypeCache<AgentHandler>,
+}
+
+/// The subscribed types, in the order they are requested.
+pub const SUBSCRIBED: [&str; 4] = [
+    ClusterHandler::TYPE_URL,
+    EndpointHandler::TYPE_URL,
+    PolicyHandler::TYPE_URL,
+    AgentHandler::TYPE_URL,
+];
+
+impl Caches {
+    /// Applies one response to the cache of its type.
+    pub fn apply(&mut self, response: &DeltaDiscoveryResponse) -> Result<(), String> {
+        match response.type_url.as_str() {
+            ClusterHandler::TYPE_URL => self.clusters.apply(response),
+            EndpointHandler::TYPE_URL => self.endpoints.apply(response),
+            PolicyHandler::TYPE_URL => self.policies.apply(response),
+            AgentHandler::TYPE_URL => self.agents.apply(response),
+            other => Err(format!("type {other:?} was not subscribed to")),
+        }
+    }
+
+    /// What is held of `type_url`, for a reconnect.
+    pub fn versions(&self, type_url: &str) -> HashMap<String, String> {
+        match type_url {
+            ClusterHandler::TYPE_URL => self.clusters.versions(),
+            EndpointHandler::TYPE_URL => self.endpoints.versions(),
+            PolicyHandler::TYPE_URL => self.policies.versions(),
+            AgentHandler::TYPE_URL => self.agents.versions(),
+            _ => HashMap::new(),
+        }
+    }
+
+    /// Every type has been received at least once.
+    pub fn all_received(&self) -> bool {
+        self.clusters.received
+            && self.endpoints.received
+            && self.policies.received
+            && self.agents.received
+    }
+
+    /// The state to publish, or `None` while not warm: some type has not
+    /// arrived yet, or there is no `default` policy bundle (without policy
+    /// the request path can only deny, so it must not look ready).
+    pub fn state(&self) -> Option<MeshState> {
+        if !self.all_received() {
+            return None;
+        }
+        let policy = Arc::clone(self.policies.get(POLICY_BUNDLE_NAME)?);
+        let clusters = self
+            .clusters
+            .items()
+            .map(|(name, spec)| {
+                let endpoints = self
+                    .endpoints
+                    .get(name)
+                    .map(|e| e.to_vec())
+                    .unwrap_or_default();
+                (name.clone(), Arc::new(upstream(spec, endpoints)))
+            })
+            .collect();
+        let agents = self
+            .agents
+            .items()
+            .map(|(name, agent)| (name.clone(), Arc::clone(agent)))
+            .collect();
+        let versions = [
+            (ClusterHandler::TYPE_URL, &self.clusters.system_version),
+            (EndpointHandler::TYPE_URL, &self.endpoints.system_version),
+            (PolicyHandler::TYPE_URL, &self.policies.system_version),
+            (AgentHandler::TYPE_URL, &self.agents.system_version),
+        ]
+        .into_iter()
+        .map(|(t, v)| (t.to_string(), v.clone()))
+        .collect();
+        Some(MeshState {
+            clusters,
+            agents,
+            policy,
+            versions,
+        })
+    }
+}
+
+fn upstream(spec: &ClusterSpec, endpoints: Vec<std::net::SocketAddr>) -> Upstream {
+    Upstream {
+        name: spec.name.clone(),
+        spiffe_id: spec.spiffe_id.clone(),
+        endpoints,
+        metadata: spec.metadata.clone(),
+        breaker: spec.breaker,
+        per_caller_limits: spec.per_caller_limits,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::pb::envoy::service::discovery::v3::Resource;
+    use envoy_types::pb::google::protobuf::Any;
+    use meshward_proto::meshward::v1 as mw;
+    use prost::Message;
+
+    use super::*;
+
+    const GOOD: &str = "package meshward.authz\n\ndefault decision := false\n";
+
+    fn response(
+        type_url: &str,
+        resources: Vec<(&str, Any)>,
+        removed: &[&str],
+    ) -> DeltaDiscoveryResponse {
+        DeltaDiscoveryResponse {
+            type_url: type_url.to_string(),
+            system_version_info: "v".into(),
+            nonce: "n".into(),
+            resources: resources
+                .into_iter()
+                .map(|(name, any)| Resource {
+                    name: name.to_string(),
+                    version: format!("{name}-v"),
+                    resource: Some(any),
+                    ..Default::default()
+                })
+                .collect(),
+            removed_resources: removed.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn bundle(source: &str) -> Any {
+        let bundle = mw::PolicyBundle {
+            name: POLICY_BUNDLE_NAME.into(),
+            revision: "r".into(),
+            modules: vec![mw::RegoModule {
+                path: "authz.rego".into(),
+                source: source.into(),
+            }],
+            data_json: "{}".into(),
+            decision: "data.meshward.authz.decision".into(),
+        };
+        Any {
+            type_url: mw::POLICY_BUNDLE_TYPE_URL.into(),
+            value: bundle.encode_to_vec(),
+        }
+    }
+
+    fn agent(id: &str) -> Any {
+        Any {
+            type_url: mw::AGENT_TYPE_URL.into(),
+            value: mw::Agent {
+                name: "a".into(),
+                spiffe_id: id.into(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        }
+    }
+
+    fn warm_without_policy() -> Caches {
+        let mut c = Caches::default();
+        for t in [
+            ClusterHandler::TYPE_URL,
+            EndpointHandler::TYPE_URL,
+            AgentHandler::TYPE_URL,
+        ] {
+            assert_eq!(c.apply(&response(t, vec![], &[])), Ok(()));
+        }
+        c
+    }
+
+    #[test]
+    fn not_warm_until_every_type_and_a_policy_bundle() {
+        let mut c = warm_without_policy();
+        assert!(c.state().is_none());
+        assert_eq!(
+            c.apply(&response(PolicyHandler::TYPE_URL, vec![], &[])),
+            Ok(())
+        );
+        assert!(c.all_received());
+        assert!(c.state().is_none(), "warm without a policy bundle");
+        assert_eq!(
+            c.apply(&response(
+                PolicyHandler::TYPE_URL,
+                vec![("default", bundle(GOOD))],
+                &[]
+            )),
+            Ok(())
+        );
+        assert!(c.state().is_some());
+    }
+
+    #[test]
+    fn a_rejected_response_changes_nothing() {
+        let mut c = warm_without_policy();
+        let a = "spiffe://example.org/agent/a";
+        let b = "spiffe://example.org/agent/b";
+        assert_eq!(
+            c.apply(&response(AgentHandler::TYPE_URL, vec![(a, agent(a))], &[])),
+            Ok(())
+        );
+        // One good, one bad resource and a removal: all or nothing.
+        let bad = response(
+            AgentHandler::TYPE_URL,
+            vec![(b, agent(b)), ("x", agent(a))],
+            &[a],
+        );
+        let err = c.apply(&bad);
+        assert!(
+            err.as_ref().is_err_and(|e| e.contains("Agent \"x\"")),
+            "{err:?}"
+        );
+        assert_eq!(
+            c.versions(AgentHandler::TYPE_URL)
+                .keys()
+                .collect::<Vec<_>>(),
+            vec![a]
+        );
+
+        let broken = response(
+            PolicyHandler::TYPE_URL,
+            vec![("default", bundle("package {{{"))],
+            &[],
+        );
+        assert!(c.apply(&broken).is_err());
+        assert!(c.versions(PolicyHandler::TYPE_URL).is_empty());
+    }
+
+    #[test]
+    fn removals_and_empty_bodies_delete() {
+        let mut c = warm_without_policy();
+        let a = "spiffe://example.org/agent/a";
+        let b = "spiffe://example.org/agent/b";
+        assert_eq!(
+            c.apply(&response(
+                AgentHandler::TYPE_URL,
+                vec![(a, agent(a)), (b, agent(b))],
+                &[]
+            )),
+            Ok(())
+        );
+        let mut r = response(AgentHandler::TYPE_URL, vec![], &[a]);
+        r.resources.push(Resource {
+            name: b.into(),
+            ..Default::default()
+        });
+        assert_eq!(c.apply(&r), Ok(()));
+        assert!(c.versions(AgentHandler::TYPE_URL).is_empty());
+    }
+
+    #[test]
+    fn unsubscribed_type_is_rejected() {
+        let mut c = Caches::default();
+        assert!(
+            c.apply(&response("type.googleapis.com/x.Y", vec![], &[]))
+                .is_err()
+        );
+    }
+}

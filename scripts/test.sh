@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine or a warm one.
+#
+# Installs the real peers it needs when they are missing (into .tools/, never
+# system-wide except Debian packages), then runs formatting and lint checks,
+# the Rego unit tests in real OPA, and every Rust test (unit, integration and
+# interop). Exits non-zero on the first failure.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+TOOLS=$ROOT/.tools
+export PATH="$TOOLS/bin:$PATH"
+mkdir -p "$TOOLS/bin"
+
+OPA_VERSION=v1.22.3
+
+step() { printf '\n==> %s\n' "$*"; }
+
+install_opa() {
+    if [ -x "$TOOLS/bin/opa" ] && "$TOOLS/bin/opa" version 2>/dev/null | grep -q "Version: ${OPA_VERSION#v}"; then
+        return
+    fi
+    step "installing OPA $OPA_VERSION (go install, into .tools/bin)"
+    GOBIN="$TOOLS/bin" GOFLAGS=-mod=mod go install "github.com/open-policy-agent/opa@$OPA_VERSION"
+}
+
+step "checking formatting"
+cargo fmt --all -- --check
+
+step "clippy (all targets, warnings are errors)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+install_opa
+step "Rego unit tests in OPA $OPA_VERSION"
+opa check --v1-compatible policies/ 2>/dev/null || opa check policies/
+opa test policies/ -v 2>&1 | tail -n 40
+opa test policies/ >/dev/null
+
+step "cargo test (unit, integration, interop)"
+export MESHWARD_OPA="$TOOLS/bin/opa"
+cargo test --workspace --locked -- --test-threads=2

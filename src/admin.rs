@@ -1,0 +1,53 @@
+//! The control plane's admin endpoint (`/ready`, `/metrics`, `/config_dump`),
+//! served by the same admin server as the dataplanes.
+
+use std::sync::Arc;
+
+use meshward_controlplane::ControlPlaneStatus;
+use meshward_dataplane::admin::{self, AdminSource};
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+struct ControlPlaneAdmin(ControlPlaneStatus);
+
+impl AdminSource for ControlPlaneAdmin {
+    fn readiness(&self) -> Result<(), String> {
+        if self.0.serving() {
+            Ok(())
+        } else {
+            Err("xDS server stopped".into())
+        }
+    }
+
+    fn config_dump(&self) -> serde_json::Value {
+        let mesh = self.0.mesh();
+        serde_json::json!({
+            "source": mesh.source,
+            "trust_domain": mesh.trust_domain,
+            "policy_revision": mesh.policy.revision,
+            "policy_modules": mesh.policy.modules.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+            "services": mesh.services.values().map(|s| serde_json::json!({
+                "name": s.name,
+                "spiffe_id": s.spiffe_id,
+                "endpoints": s.endpoints,
+                "metadata": s.metadata,
+            })).collect::<Vec<_>>(),
+            "agents": mesh.agents.values().map(|a| serde_json::json!({
+                "name": a.name,
+                "spiffe_id": a.spiffe_id,
+                "attributes": a.attributes,
+                "permissions": a.permissions,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+pub async fn serve_controlplane(
+    listener: TcpListener,
+    status: ControlPlaneStatus,
+    metrics: Option<PrometheusHandle>,
+    stop: CancellationToken,
+) {
+    admin::serve(listener, Arc::new(ControlPlaneAdmin(status)), metrics, stop).await
+}

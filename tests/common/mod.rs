@@ -1,0 +1,200 @@
+//! Test harness: a whole mesh (`meshward up`) on loopback in this process,
+//! from a private copy of `deploy/local/mesh.yaml` and `policies/` so tests
+//! can edit config and policy without touching the repository.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use meshward::{Up, UpOptions};
+
+pub const SUPPORT_TRIAGE: &str = "spiffe://example.org/agent/support-triage";
+pub const BILLING_BOT: &str = "spiffe://example.org/agent/billing-bot";
+
+static TRACING: Once = Once::new();
+
+pub struct TestMesh {
+    pub up: Up,
+    pub dir: tempfile::TempDir,
+    pub http1: Client<HttpConnector, Full<Bytes>>,
+    pub h2c: Client<HttpConnector, Full<Bytes>>,
+}
+
+/// A plain response, body collected.
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Answer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+impl TestMesh {
+    /// Starts the demo mesh from a private copy of the shipped config.
+    pub async fn start() -> TestMesh {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Like [`TestMesh::start`], with a chance to edit `mesh.yaml` first.
+    pub async fn start_with(edit: impl FnOnce(&mut String)) -> TestMesh {
+        TRACING.call_once(|| meshward::telemetry::init_tracing("warn"));
+        let dir = tempfile::tempdir().unwrap();
+        copy_dir(&repo().join("policies"), &dir.path().join("policies"));
+        let mut yaml = std::fs::read_to_string(repo().join("deploy/local/mesh.yaml")).unwrap();
+        yaml = yaml.replace("dir: ../../policies", "dir: policies");
+        edit(&mut yaml);
+        std::fs::write(dir.path().join("mesh.yaml"), yaml).unwrap();
+        let up = Up::start(UpOptions::new(
+            dir.path().join("mesh.yaml"),
+            dir.path().join("state"),
+        ))
+        .await
+        .expect("mesh starts");
+        TestMesh {
+            up,
+            dir,
+            http1: Client::builder(TokioExecutor::new()).build_http(),
+            h2c: Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build_http(),
+        }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("mesh.yaml")
+    }
+
+    pub fn policy_path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join("policies").join(rel)
+    }
+
+    pub fn outbound(&self, agent: &str) -> String {
+        self.up
+            .info
+            .agents
+            .iter()
+            .find(|a| a.name == agent)
+            .unwrap_or_else(|| panic!("no agent {agent}"))
+            .outbound
+            .clone()
+    }
+
+    pub fn inbound(&self, service: &str) -> String {
+        self.up
+            .info
+            .services
+            .iter()
+            .find(|s| s.name == service)
+            .unwrap_or_else(|| panic!("no service {service}"))
+            .inbound
+            .clone()
+    }
+
+    /// Sends a request through an agent's sidecar over HTTP/1.1.
+    pub async fn call(&self, agent: &str, method: &str, path: &str, body: &str) -> Answer {
+        self.call_with(agent, method, path, body, &[]).await
+    }
+
+    pub async fn call_with(
+        &self,
+        agent: &str,
+        method: &str,
+        path: &str,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{}", self.outbound(agent), path));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(Bytes::from(body.to_string()))).unwrap();
+        answer(self.http1.request(req).await.expect("sidecar answers")).await
+    }
+
+    /// The same over h2c (prior knowledge).
+    pub async fn call_h2(&self, agent: &str, method: &str, path: &str, body: &str) -> Answer {
+        let req = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{}", self.outbound(agent), path))
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap();
+        answer(self.h2c.request(req).await.expect("sidecar answers")).await
+    }
+
+    pub async fn shutdown(self) {
+        self.up.shutdown().await;
+    }
+}
+
+pub async fn answer(r: Response<hyper::body::Incoming>) -> Answer {
+    let (parts, body) = r.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
+}
+
+/// Polls `check` until it returns true or `within` elapses; returns how long it took.
+pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> Option<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return Some(start.elapsed());
+        }
+        if start.elapsed() > within {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Rewrites a file atomically (write + rename), as editors and ConfigMaps do.
+pub fn rewrite(path: &Path, edit: impl FnOnce(String) -> String) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let new = edit(text);
+    let tmp = path.with_extension("tmp-edit");
+    std::fs::write(&tmp, new).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}

@@ -1,0 +1,84 @@
+//! The inbound listener admits only peers with a valid SVID of the mesh's
+//! trust domain. Each bad certificate is refused in the TLS handshake, so no
+//! HTTP request ever reaches the pipeline; a good one gets through (the
+//! positive control that keeps these tests honest).
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::{SUPPORT_TRIAGE, TestMesh};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use meshward_spire::test_util::{TestCa, TestSvid};
+use rustls::pki_types::ServerName;
+
+/// Sends one h2 request over mTLS presenting `config`'s client certificate.
+/// `Err` carries why no HTTP answer came back.
+async fn try_request(addr: &str, config: Arc<rustls::ClientConfig>) -> Result<u16, String> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(ServerName::try_from("meshward.invalid").unwrap(), tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .map_err(|e| format!("h2: {e}"))?;
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("https://{addr}/hello"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), send.send_request(req))
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| format!("request: {e}"))?;
+    let status = resp.status().as_u16();
+    let _ = resp.into_body().collect().await;
+    Ok(status)
+}
+
+fn config(svid: &TestSvid) -> Arc<rustls::ClientConfig> {
+    svid.client_config(&[b"h2"]).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_refuses_peers_without_a_valid_svid() {
+    let mesh = TestMesh::start().await;
+    let addr = mesh.inbound("hello-skill");
+    let ca = mesh.up.identity_server().test_ca();
+
+    // Positive control: a valid SVID of the trust domain gets an answer.
+    let good = ca.issue(SUPPORT_TRIAGE, Duration::from_secs(600)).unwrap();
+    assert_eq!(try_request(&addr, config(&good)).await, Ok(200));
+
+    let cases: Vec<(&str, TestSvid)> = vec![
+        (
+            "other trust domain",
+            TestCa::new("evil.org")
+                .unwrap()
+                .issue("spiffe://evil.org/agent/support-triage", Duration::from_secs(600))
+                .unwrap(),
+        ),
+        ("expired", ca.issue_expired(SUPPORT_TRIAGE).unwrap()),
+        (
+            "two URI SANs",
+            ca.issue_with_uris(&[SUPPORT_TRIAGE, "spiffe://example.org/agent/billing-bot"])
+                .unwrap(),
+        ),
+        ("no URI SAN", ca.issue_without_uri().unwrap()),
+        ("CA as leaf", ca.issue_ca_as_leaf(SUPPORT_TRIAGE).unwrap()),
+    ];
+    for (what, svid) in cases {
+        let got = try_request(&addr, config(&svid)).await;
+        assert!(got.is_err(), "{what}: expected a refused handshake, got {got:?}");
+    }
+
+    // No client certificate at all.
+    let no_cert = meshward_spire::test_util::anonymous_client_config(&[b"h2"]).unwrap();
+    let got = try_request(&addr, no_cert).await;
+    assert!(got.is_err(), "no cert: expected a refused handshake, got {got:?}");
+    mesh.shutdown().await;
+}
