@@ -73,7 +73,7 @@ async fn policy_edit_reaches_dataplanes_within_a_second() {
     let extra = mesh.policy_path("meshward/hotfix.rego");
     std::fs::write(
         &extra,
-        "package meshward.global\n\ndeny contains \"hotfix: /blocked is closed\" if {\n  input.attributes.request.http.path == \"/blocked\"\n}\n",
+        "package meshward.teams\n\ndeny contains \"hotfix: /blocked is closed\" if {\n  input.attributes.request.http.path == \"/blocked\"\n}\n",
     )
     .unwrap();
     let took = eventually(Duration::from_secs(1), || async {

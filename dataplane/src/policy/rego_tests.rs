@@ -109,12 +109,12 @@ fn test_rule_names(source: &str) -> Vec<String> {
     names
 }
 
-#[test]
-fn rego_unit_tests_pass() {
-    let bundle = load_bundle(true);
+/// Evaluates every `test_*` rule of `modules` (with `data_json`); returns
+/// how many ran and a line per failure naming file and rule.
+fn run_rego_tests(modules: &[RegoModule], data_json: &str) -> (usize, Vec<String>) {
     let mut engine = regorus::Engine::new();
     let mut tests = Vec::new();
-    for module in &bundle.modules {
+    for module in modules {
         let package = engine
             .add_policy(module.path.clone(), module.source.clone())
             .unwrap_or_else(|e| panic!("{}: {e:#}", module.path));
@@ -122,27 +122,44 @@ fn rego_unit_tests_pass() {
             tests.push((module.path.clone(), format!("{package}.{name}")));
         }
     }
-    engine
-        .add_data_json(&bundle.data_json)
-        .expect("bundle data loads");
-    assert!(tests.len() >= 20, "only {} Rego tests found", tests.len());
-
+    engine.add_data_json(data_json).expect("bundle data loads");
     let mut failures = Vec::new();
     for (file, rule) in &tests {
         let mut e = engine.clone();
         match e.eval_rule(rule.clone()) {
             Ok(regorus::Value::Bool(true)) => {}
+            Ok(regorus::Value::Undefined) => failures.push(format!("{file}: {rule} is undefined (FAIL)")),
             Ok(other) => failures.push(format!("{file}: {rule} = {other}")),
             Err(err) => failures.push(format!("{file}: {rule} errored: {err:#}")),
         }
     }
+    (tests.len(), failures)
+}
+
+#[test]
+fn rego_unit_tests_pass() {
+    let bundle = load_bundle(true);
+    let (ran, failures) = run_rego_tests(&bundle.modules, &bundle.data_json);
+    assert!(ran >= 30, "only {ran} Rego tests found");
     assert!(
         failures.is_empty(),
-        "{} of {} Rego tests failed:\n  {}",
+        "{} of {ran} Rego tests failed:\n  {}",
         failures.len(),
-        tests.len(),
         failures.join("\n  ")
     );
+}
+
+#[test]
+fn rego_runner_reports_failures() {
+    let module = RegoModule {
+        path: "t/x_test.rego".into(),
+        source: "package x_test\n\ntest_ok if true\n\ntest_bad if false\n\ntest_err if to_number(\"x\") > 1\n".into(),
+    };
+    let (ran, failures) = run_rego_tests(&[module], "{}");
+    assert_eq!(ran, 3);
+    assert_eq!(failures.len(), 2, "{failures:?}");
+    assert!(failures[0].contains("data.x_test.test_bad"), "{failures:?}");
+    assert!(failures[1].contains("data.x_test.test_err"), "{failures:?}");
 }
 
 #[test]
@@ -244,7 +261,7 @@ fn decide(
         source_address: Some("127.0.0.1:41000".parse().unwrap()),
         destination_address: Some("127.0.0.1:15006".parse().unwrap()),
         caller: caller.map(|a| CallerFacts {
-            spiffe_id: &&a.spiffe_id,
+            spiffe_id: &a.spiffe_id,
             name: a.name,
             attributes: &a.attributes,
             permissions: &a.permissions,
