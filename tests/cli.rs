@@ -1,0 +1,128 @@
+//! The `meshward` binary itself: `validate` reports every error with file,
+//! line and field; `up` serves, writes up.json, and stops cleanly on SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_meshward");
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn validate_accepts_the_shipped_mesh() {
+    let out = Command::new(BIN)
+        .args(["validate", "deploy/local/mesh.yaml"])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("2 agents, 5 services"), "{stdout}");
+}
+
+#[test]
+fn validate_reports_every_error_with_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::write(
+        dir.path().join("policies/authz.rego"),
+        "package meshward.authz\n\ndecision := {\"allowed\": false}\n",
+    )
+    .unwrap();
+    let file = dir.path().join("mesh.yaml");
+    std::fs::write(
+        &file,
+        "trust_domain: example.org\n\
+         policy:\n  dir: policies\n  decision: data.meshward.authz.decision\n\
+         agents:\n  - name: a\n    spiffe_id: spiffe://other.org/agent/a\n    limits:\n      brust: 3\n\
+         services:\n  - name: s\n    spiffe_id: spiffe://example.org/s\n    endpoints: [\"not-an-address\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN).arg("validate").arg(&file).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let name = file.display().to_string();
+    for (line, field) in [
+        (7, "agents[0].spiffe_id"),
+        (9, "agents[0].limits.brust"),
+        (13, "services[0].endpoints[0]"),
+    ] {
+        let want = format!("{name}:{line}: {field}");
+        assert!(stderr.contains(&want), "missing {want:?} in:\n{stderr}");
+    }
+    assert!(stderr.contains("3 error(s)"), "{stderr}");
+}
+
+#[test]
+fn up_serves_writes_up_json_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut child = Command::new(BIN)
+        .arg("up")
+        .arg("--state-dir")
+        .arg(&state)
+        .current_dir(repo())
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Readiness signal: the one "mesh ready" log line.
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("mesh ready") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(60)).expect("mesh ready within 60s");
+
+    let info: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(state.join("up.json")).unwrap()).unwrap();
+    let outbound = info["agents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == "support-triage")
+        .unwrap()["outbound"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A request through the real binary, with a plain HTTP/1.1 exchange.
+    let reply = http_post(&outbound, "/mcp://hello-skill/say-hello", r#"{"name":"Ada"}"#);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(reply.contains("spiffe://example.org/agent/support-triage"), "{reply}");
+
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "meshward up did not exit after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status}");
+}
+
+fn http_post(addr: &str, path: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
