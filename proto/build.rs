@@ -15,7 +15,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "proto/meshward/demo/v1/echo.proto",
                 "proto/spiffe/workload.proto",
             ],
-            &["proto", include.to_str().ok_or("protoc include path is not UTF-8")?],
+            &[
+                "proto",
+                include.to_str().ok_or("protoc include path is not UTF-8")?,
+            ],
         )?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())

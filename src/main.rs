@@ -14,7 +14,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "meshward", version, about = "Identity-aware mesh for AI agents")]
+#[command(
+    name = "meshward",
+    version,
+    about = "Identity-aware mesh for AI agents"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -106,16 +110,22 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Controlplane { config, xds, admin } => {
-            let identity = meshward_spire::IdentitySource::connect_env(Duration::from_secs(30)).await?;
-            let listener = TcpListener::bind(xds).await.with_context(|| format!("binding {xds}"))?;
-            let admin_listener =
-                TcpListener::bind(admin).await.with_context(|| format!("binding {admin}"))?;
-            let cp = meshward_controlplane::ControlPlane::start(meshward_controlplane::ControlPlaneOptions {
-                config,
-                overlay: None,
-                identity,
-                xds: listener,
-            })
+            let identity =
+                meshward_spire::IdentitySource::connect_env(Duration::from_secs(30)).await?;
+            let listener = TcpListener::bind(xds)
+                .await
+                .with_context(|| format!("binding {xds}"))?;
+            let admin_listener = TcpListener::bind(admin)
+                .await
+                .with_context(|| format!("binding {admin}"))?;
+            let cp = meshward_controlplane::ControlPlane::start(
+                meshward_controlplane::ControlPlaneOptions {
+                    config,
+                    overlay: None,
+                    identity,
+                    xds: listener,
+                },
+            )
             .await?;
             let stop = CancellationToken::new();
             let admin_task = tokio::spawn(meshward::admin::serve_controlplane(
@@ -139,10 +149,15 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             local_upstream,
             admin,
         } => {
-            let identity = meshward_spire::IdentitySource::connect_env(Duration::from_secs(30)).await?;
+            let identity =
+                meshward_spire::IdentitySource::connect_env(Duration::from_secs(30)).await?;
             let bind = async |a: Option<SocketAddr>| -> anyhow::Result<Option<TcpListener>> {
                 match a {
-                    Some(a) => Ok(Some(TcpListener::bind(a).await.with_context(|| format!("binding {a}"))?)),
+                    Some(a) => Ok(Some(
+                        TcpListener::bind(a)
+                            .await
+                            .with_context(|| format!("binding {a}"))?,
+                    )),
                     None => Ok(None),
                 }
             };
@@ -206,13 +221,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

@@ -59,8 +59,10 @@ pub async fn serve(name: String, listener: TcpListener, stop: CancellationToken)
                         let (parts, body) = resp.into_parts();
                         Ok::<_, Infallible>(Response::from_parts(
                             parts,
-                            body.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>)
-                                .boxed_unsync(),
+                            body.map_err(|e| {
+                                Box::new(e) as Box<dyn std::error::Error + Send + Sync>
+                            })
+                            .boxed_unsync(),
                         ))
                     } else {
                         Ok(echo_http(&name, req).await)
@@ -78,16 +80,27 @@ pub async fn serve(name: String, listener: TcpListener, stop: CancellationToken)
 }
 
 fn full(b: impl Into<Bytes>) -> SkillBody {
-    Full::new(b.into()).map_err(|never| match never {}).boxed_unsync()
+    Full::new(b.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 async fn echo_http(name: &str, req: Request<Incoming>) -> Response<SkillBody> {
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
     let headers: BTreeMap<String, String> = parts
         .headers
         .iter()
-        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
         .collect();
     let status = parts
         .uri
@@ -106,8 +119,10 @@ async fn echo_http(name: &str, req: Request<Incoming>) -> Response<SkillBody> {
     });
     let mut resp = Response::new(full(json.to_string()));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
@@ -126,7 +141,12 @@ impl Echo for EchoService {
             .clone()
             .into_headers()
             .iter()
-            .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect();
         let msg = request.into_inner();
         if msg.fail_with_code != 0 {

@@ -160,9 +160,12 @@ impl Up {
             let inbound = bind().await?;
             let admin = bind().await?;
             let backend = match &svc.backend {
-                Some(b) => (None, b.parse::<SocketAddr>().with_context(|| {
-                    format!("service {}: backend {b:?} must be an ip:port", svc.name)
-                })?),
+                Some(b) => (
+                    None,
+                    b.parse::<SocketAddr>().with_context(|| {
+                        format!("service {}: backend {b:?} must be an ip:port", svc.name)
+                    })?,
+                ),
                 None => {
                     let (l, a) = bind().await?;
                     (Some(l), a)
@@ -207,7 +210,9 @@ impl Up {
         };
         let mut dataplanes = Vec::new();
         let mut services = Vec::new();
-        for (name, ((inbound, inbound_addr), (admin, admin_addr), (skill_listener, backend))) in service_ports {
+        for (name, ((inbound, inbound_addr), (admin, admin_addr), (skill_listener, backend))) in
+            service_ports
+        {
             let svc = &mesh.services[&name];
             let demo_skill = skill_listener.is_some();
             if let Some(l) = skill_listener {
@@ -269,7 +274,10 @@ impl Up {
         let info = UpInfo {
             trust_domain: mesh.trust_domain.clone(),
             config: opts.config.clone(),
-            identity: IdentityInfo { socket_dir, sockets },
+            identity: IdentityInfo {
+                socket_dir,
+                sockets,
+            },
             controlplane: ControlPlaneInfo {
                 spiffe_id: cp_id,
                 xds: xds_addr.to_string(),
@@ -313,7 +321,10 @@ impl Up {
     /// then starts it again on the same address. Used to show that
     /// dataplanes survive and reconnect.
     pub async fn restart_controlplane(&mut self) -> anyhow::Result<()> {
-        self.controlplane.restart().await.context("restarting the control plane")
+        self.controlplane
+            .restart()
+            .await
+            .context("restarting the control plane")
     }
 
     /// Stops everything.
@@ -356,7 +367,10 @@ pub fn render_table(info: &UpInfo) -> String {
     rows.push([
         "controlplane".into(),
         "xds".into(),
-        format!("{} (admin {})", info.controlplane.xds, info.controlplane.admin),
+        format!(
+            "{} (admin {})",
+            info.controlplane.xds, info.controlplane.admin
+        ),
         info.controlplane.spiffe_id.clone(),
     ]);
     for a in &info.agents {

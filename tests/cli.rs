@@ -20,7 +20,11 @@ fn validate_accepts_the_shipped_mesh() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("2 agents, 5 services"), "{stdout}");
 }
 
@@ -42,7 +46,11 @@ fn validate_reports_every_error_with_file_line_and_field() {
          services:\n  - name: s\n    spiffe_id: spiffe://example.org/s\n    endpoints: [\"not-an-address\"]\n",
     )
     .unwrap();
-    let out = Command::new(BIN).arg("validate").arg(&file).output().unwrap();
+    let out = Command::new(BIN)
+        .arg("validate")
+        .arg(&file)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     let name = file.display().to_string();
@@ -81,7 +89,8 @@ fn up_serves_writes_up_json_and_stops_on_sigterm() {
             }
         }
     });
-    rx.recv_timeout(Duration::from_secs(60)).expect("mesh ready within 60s");
+    rx.recv_timeout(Duration::from_secs(60))
+        .expect("mesh ready within 60s");
 
     let info: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(state.join("up.json")).unwrap()).unwrap();
@@ -95,18 +104,34 @@ fn up_serves_writes_up_json_and_stops_on_sigterm() {
         .unwrap()
         .to_string();
     // A request through the real binary, with a plain HTTP/1.1 exchange.
-    let reply = http_post(&outbound, "/mcp://hello-skill/say-hello", r#"{"name":"Ada"}"#);
+    let reply = http_post(
+        &outbound,
+        "/mcp://hello-skill/say-hello",
+        r#"{"name":"Ada"}"#,
+    );
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-    assert!(reply.contains("spiffe://example.org/agent/support-triage"), "{reply}");
+    assert!(
+        reply.contains("spiffe://example.org/agent/support-triage"),
+        "{reply}"
+    );
 
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Some(s) = child.try_wait().unwrap() {
             break s;
         }
-        assert!(Instant::now() < deadline, "meshward up did not exit after SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "meshward up did not exit after SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "exit status {status}");

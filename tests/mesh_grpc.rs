@@ -25,8 +25,10 @@ fn echo(message: &str, fail_with_code: i32) -> tonic::Request<EchoRequest> {
         fail_with_code,
     });
     // A forged identity header must be replaced by the verified one.
-    req.metadata_mut()
-        .insert("x-agent-id", "spiffe://example.org/agent/evil".parse().unwrap());
+    req.metadata_mut().insert(
+        "x-agent-id",
+        "spiffe://example.org/agent/evil".parse().unwrap(),
+    );
     req
 }
 
@@ -43,7 +45,11 @@ async fn grpc_passes_through_with_identity() {
     // Upstream gRPC errors (trailers) pass through unchanged.
     let err = c.echo(echo("x", Code::NotFound as i32)).await.unwrap_err();
     assert_eq!(err.code(), Code::NotFound);
-    assert!(err.message().contains("hello-skill failed"), "{}", err.message());
+    assert!(
+        err.message().contains("hello-skill failed"),
+        "{}",
+        err.message()
+    );
     mesh.shutdown().await;
 }
 
@@ -53,7 +59,11 @@ async fn grpc_policy_denial_is_permission_denied() {
     let mut c = client(&mesh, "support-triage", "billing-system").await;
     let err = c.echo(echo("hi", 0)).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
-    assert!(err.message().contains("billing-system"), "{}", err.message());
+    assert!(
+        err.message().contains("billing-system"),
+        "{}",
+        err.message()
+    );
     mesh.shutdown().await;
 }
 
@@ -80,13 +90,24 @@ async fn grpc_breaker_open_is_unavailable() {
     let mesh = TestMesh::start().await;
     let mut c = client(&mesh, "billing-bot", "hello-skill").await;
     for _ in 0..5 {
-        let err = c.echo(echo("x", Code::Unavailable as i32)).await.unwrap_err();
+        let err = c
+            .echo(echo("x", Code::Unavailable as i32))
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Code::Unavailable);
-        assert!(err.message().contains("hello-skill failed"), "from the skill: {}", err.message());
+        assert!(
+            err.message().contains("hello-skill failed"),
+            "from the skill: {}",
+            err.message()
+        );
     }
     let err = c.echo(echo("would succeed", 0)).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
-    assert!(err.message().contains("circuit breaker open"), "{}", err.message());
+    assert!(
+        err.message().contains("circuit breaker open"),
+        "{}",
+        err.message()
+    );
     // support-triage is unaffected.
     let mut other = client(&mesh, "support-triage", "hello-skill").await;
     assert!(other.echo(echo("hi", 0)).await.is_ok());

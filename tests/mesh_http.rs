@@ -38,19 +38,31 @@ async fn allowed_request_reaches_the_skill_with_verified_identity() {
     let rid = h["x-request-id"].as_str().expect("x-request-id set");
     assert_ne!(rid, "forged-request-id");
     assert!(uuid::Uuid::parse_str(rid).is_ok(), "{rid}");
-    assert!(h["traceparent"].as_str().is_some_and(|t| t.starts_with("00-")));
+    assert!(
+        h["traceparent"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("00-"))
+    );
     mesh.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2c_and_host_routing_work() {
     let mesh = TestMesh::start().await;
-    let a = mesh.call_h2("billing-bot", "GET", "/mcp://hello-skill/hi", "").await;
+    let a = mesh
+        .call_h2("billing-bot", "GET", "/mcp://hello-skill/hi", "")
+        .await;
     assert_eq!(a.status, 200);
     assert_eq!(a.json()["headers"]["x-agent-id"], BILLING_BOT);
 
     let a = mesh
-        .call_with("billing-bot", "GET", "/v1/hello", "", &[("host", "hello-skill")])
+        .call_with(
+            "billing-bot",
+            "GET",
+            "/v1/hello",
+            "",
+            &[("host", "hello-skill")],
+        )
         .await;
     assert_eq!(a.status, 200);
     assert_eq!(a.json()["path"], "/v1/hello");
@@ -61,7 +73,12 @@ async fn h2c_and_host_routing_work() {
 async fn policy_denial_is_403_naming_the_reason() {
     let mesh = TestMesh::start().await;
     let a = mesh
-        .call("support-triage", "GET", "/mcp://billing-system/invoices", "")
+        .call(
+            "support-triage",
+            "GET",
+            "/mcp://billing-system/invoices",
+            "",
+        )
         .await;
     assert_eq!(a.status, 403);
     let body = a.json();
@@ -97,7 +114,10 @@ async fn burst_over_the_identity_limit_gets_429_with_retry_after() {
         }
     }
     assert!(ok >= 10, "the burst of 10 passes: ok={ok}");
-    assert!(limited > 100, "most of 200 are limited at 5/s: limited={limited}");
+    assert!(
+        limited > 100,
+        "most of 200 are limited at 5/s: limited={limited}"
+    );
     let retry: u64 = retry_after
         .expect("retry-after")
         .to_str()
@@ -154,7 +174,12 @@ async fn unknown_service_is_404() {
         .await;
     assert_eq!(a.status, 404);
     assert_eq!(a.json()["error"], "not_found");
-    assert!(a.json()["reason"].as_str().unwrap().contains("no-such-skill"));
+    assert!(
+        a.json()["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-skill")
+    );
     let a = mesh.call("support-triage", "GET", "/plain-path", "").await;
     assert_eq!(a.status, 404, "a host that names no service");
     mesh.shutdown().await;
@@ -174,17 +199,27 @@ async fn up_json_describes_what_runs_where() {
     for s in services {
         let inbound: std::net::SocketAddr = s["inbound"].as_str().unwrap().parse().unwrap();
         assert!(inbound.ip().is_loopback());
-        assert!(s["spiffe_id"].as_str().unwrap().starts_with("spiffe://example.org/"));
+        assert!(
+            s["spiffe_id"]
+                .as_str()
+                .unwrap()
+                .starts_with("spiffe://example.org/")
+        );
     }
     for key in ["xds", "admin"] {
-        let addr: std::net::SocketAddr = info["controlplane"][key].as_str().unwrap().parse().unwrap();
+        let addr: std::net::SocketAddr =
+            info["controlplane"][key].as_str().unwrap().parse().unwrap();
         assert_ne!(addr.port(), 0);
     }
     // Admin endpoints answer.
     let admin = &agents[0]["admin"];
     let ready = mesh
         .http1
-        .get(format!("http://{}/ready", admin.as_str().unwrap()).parse().unwrap())
+        .get(
+            format!("http://{}/ready", admin.as_str().unwrap())
+                .parse()
+                .unwrap(),
+        )
         .await
         .unwrap();
     assert_eq!(ready.status(), 200);

@@ -27,7 +27,11 @@ fn background_load(
                 .await;
             sent += 1;
             if a.status != 200 {
-                failures.push(format!("{}: {}", a.status, String::from_utf8_lossy(&a.body)));
+                failures.push(format!(
+                    "{}: {}",
+                    a.status,
+                    String::from_utf8_lossy(&a.body)
+                ));
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -38,7 +42,9 @@ fn background_load(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn config_edit_reaches_dataplanes_within_a_second() {
     let mesh = TestMesh::start().await;
-    let ok = mesh.call("billing-bot", "GET", "/mcp://hello-skill/x", "").await;
+    let ok = mesh
+        .call("billing-bot", "GET", "/mcp://hello-skill/x", "")
+        .await;
     assert_eq!(ok.status, 200);
     // Move billing-bot to staging: the environment rule now denies it.
     rewrite(&mesh.config_path(), |y| {
@@ -49,14 +55,22 @@ async fn config_edit_reaches_dataplanes_within_a_second() {
         )
     });
     let took = eventually(Duration::from_secs(1), || async {
-        mesh.call("billing-bot", "GET", "/mcp://hello-skill/x", "").await.status == 403
+        mesh.call("billing-bot", "GET", "/mcp://hello-skill/x", "")
+            .await
+            .status
+            == 403
     })
     .await;
     assert!(took.is_some(), "config edit not applied within 1s");
     // The upstream also sees the new attribute once allowed again.
-    rewrite(&mesh.config_path(), |y| y.replace("environment: staging", "environment: production"));
+    rewrite(&mesh.config_path(), |y| {
+        y.replace("environment: staging", "environment: production")
+    });
     let took = eventually(Duration::from_secs(1), || async {
-        mesh.call("billing-bot", "GET", "/mcp://hello-skill/x", "").await.status == 200
+        mesh.call("billing-bot", "GET", "/mcp://hello-skill/x", "")
+            .await
+            .status
+            == 200
     })
     .await;
     assert!(took.is_some(), "revert not applied within 1s");
@@ -67,7 +81,9 @@ async fn config_edit_reaches_dataplanes_within_a_second() {
 async fn policy_edit_reaches_dataplanes_within_a_second() {
     let mesh = TestMesh::start().await;
     assert_eq!(
-        mesh.call("billing-bot", "GET", "/mcp://hello-skill/blocked", "").await.status,
+        mesh.call("billing-bot", "GET", "/mcp://hello-skill/blocked", "")
+            .await
+            .status,
         200
     );
     let extra = mesh.policy_path("meshward/hotfix.rego");
@@ -77,14 +93,18 @@ async fn policy_edit_reaches_dataplanes_within_a_second() {
     )
     .unwrap();
     let took = eventually(Duration::from_secs(1), || async {
-        let a = mesh.call("billing-bot", "GET", "/mcp://hello-skill/blocked", "").await;
+        let a = mesh
+            .call("billing-bot", "GET", "/mcp://hello-skill/blocked", "")
+            .await;
         a.status == 403 && a.json()["reason"].as_str().unwrap_or("").contains("hotfix")
     })
     .await;
     assert!(took.is_some(), "policy edit not applied within 1s");
     // Other paths still pass.
     assert_eq!(
-        mesh.call("billing-bot", "GET", "/mcp://hello-skill/open", "").await.status,
+        mesh.call("billing-bot", "GET", "/mcp://hello-skill/open", "")
+            .await
+            .status,
         200
     );
     mesh.shutdown().await;
@@ -101,26 +121,43 @@ async fn broken_edits_are_refused_and_nothing_fails() {
     // last good model stays published.
     let good_yaml = std::fs::read_to_string(mesh.config_path()).unwrap();
     let authz = mesh.policy_path("meshward/broken.rego");
-    let edits: Vec<(&str, Box<dyn Fn()>)> = vec![
-        ("broken YAML", Box::new({
-            let path = mesh.config_path();
-            let good = good_yaml.clone();
-            move || std::fs::write(&path, format!("{good}\n  - this: [is not yaml\n")).unwrap()
-        })),
-        ("negative rate", Box::new({
-            let path = mesh.config_path();
-            let good = good_yaml.clone();
-            move || std::fs::write(&path, good.replacen("requests_per_second: 50", "requests_per_second: -1", 1)).unwrap()
-        })),
-        ("Rego syntax error", Box::new({
-            let path = mesh.config_path();
-            let good = good_yaml.clone();
-            let authz = authz.clone();
-            move || {
-                std::fs::write(&path, &good).unwrap();
-                std::fs::write(&authz, "package meshward.global\n\ndeny contains x if {\n").unwrap();
-            }
-        })),
+    type Edit = Box<dyn Fn()>;
+    let edits: Vec<(&str, Edit)> = vec![
+        (
+            "broken YAML",
+            Box::new({
+                let path = mesh.config_path();
+                let good = good_yaml.clone();
+                move || std::fs::write(&path, format!("{good}\n  - this: [is not yaml\n")).unwrap()
+            }),
+        ),
+        (
+            "negative rate",
+            Box::new({
+                let path = mesh.config_path();
+                let good = good_yaml.clone();
+                move || {
+                    std::fs::write(
+                        &path,
+                        good.replacen("requests_per_second: 50", "requests_per_second: -1", 1),
+                    )
+                    .unwrap()
+                }
+            }),
+        ),
+        (
+            "Rego syntax error",
+            Box::new({
+                let path = mesh.config_path();
+                let good = good_yaml.clone();
+                let authz = authz.clone();
+                move || {
+                    std::fs::write(&path, &good).unwrap();
+                    std::fs::write(&authz, "package meshward.global\n\ndeny contains x if {\n")
+                        .unwrap();
+                }
+            }),
+        ),
     ];
     for (what, edit) in edits {
         let reloads = mesh.up.reload_status().reloads;
@@ -138,14 +175,20 @@ async fn broken_edits_are_refused_and_nothing_fails() {
     std::fs::remove_file(&authz).unwrap();
     std::fs::write(
         mesh.config_path(),
-        good_yaml.replace("environment: production\n    permissions: [skills:invoke, billing:read", "environment: staging\n    permissions: [skills:invoke, billing:read"),
+        good_yaml.replace(
+            "environment: production\n    permissions: [skills:invoke, billing:read",
+            "environment: staging\n    permissions: [skills:invoke, billing:read",
+        ),
     )
     .unwrap();
     let applied = eventually(Duration::from_secs(2), || async {
         *mesh.up.mesh() != *before
     })
     .await;
-    assert!(applied.is_some(), "a good edit after broken ones is applied");
+    assert!(
+        applied.is_some(),
+        "a good edit after broken ones is applied"
+    );
 
     stop.store(true, Ordering::Relaxed);
     let (sent, failures) = load.await.unwrap();
@@ -153,7 +196,10 @@ async fn broken_edits_are_refused_and_nothing_fails() {
     // denied by design; count only failures before that point.
     let before_fix: Vec<_> = failures.iter().filter(|f| !f.starts_with("403")).collect();
     assert!(sent > 20, "load ran: {sent}");
-    assert!(before_fix.is_empty(), "requests failed during broken edits: {before_fix:?}");
+    assert!(
+        before_fix.is_empty(),
+        "requests failed during broken edits: {before_fix:?}"
+    );
     Arc::try_unwrap(mesh).ok().unwrap().shutdown().await;
 }
 
@@ -163,18 +209,54 @@ async fn dataplanes_survive_a_controlplane_restart() {
     mesh.up.controlplane().stop_xds().await;
     // Dataplanes keep serving their last config.
     for _ in 0..10 {
-        let a = mesh.call("billing-bot", "GET", "/mcp://hello-skill/x", "").await;
+        let a = mesh
+            .call("billing-bot", "GET", "/mcp://hello-skill/x", "")
+            .await;
         assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
     }
-    // An edit while the control plane is down is picked up after reconnect.
+    // An edit while the control plane is down: the control plane loads it,
+    // but no dataplane receives it until xDS is back (proving the streams
+    // really closed) ...
+    let reloads = mesh.up.reload_status().reloads;
     rewrite(&mesh.config_path(), |y| {
-        y.replacen("environment: production\n    permissions: [skills:invoke, billing:read", "environment: staging\n    permissions: [skills:invoke, billing:read", 1)
+        y.replacen(
+            "environment: production\n    permissions: [skills:invoke, billing:read",
+            "environment: staging\n    permissions: [skills:invoke, billing:read",
+            1,
+        )
     });
-    mesh.up.controlplane().start_xds().await.expect("xDS restarts");
-    let took = eventually(Duration::from_secs(10), || async {
-        mesh.call("billing-bot", "GET", "/mcp://hello-skill/x", "").await.status == 403
+    let loaded = eventually(Duration::from_secs(2), || async {
+        mesh.up.reload_status().reloads > reloads
     })
     .await;
-    assert!(took.is_some(), "dataplane reconnected and received the new config");
+    assert!(loaded.is_some(), "control plane reloaded the edit");
+    let pushed_while_down = eventually(Duration::from_millis(300), || async {
+        mesh.call("billing-bot", "GET", "/mcp://hello-skill/x", "")
+            .await
+            .status
+            != 200
+    })
+    .await;
+    assert!(
+        pushed_while_down.is_none(),
+        "a stopped control plane pushed config"
+    );
+    // ... and every dataplane reconnects and gets it once xDS is back.
+    mesh.up
+        .controlplane()
+        .start_xds()
+        .await
+        .expect("xDS restarts");
+    let took = eventually(Duration::from_secs(10), || async {
+        mesh.call("billing-bot", "GET", "/mcp://hello-skill/x", "")
+            .await
+            .status
+            == 403
+    })
+    .await;
+    assert!(
+        took.is_some(),
+        "dataplane reconnected and received the new config"
+    );
     mesh.shutdown().await;
 }

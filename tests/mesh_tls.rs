@@ -18,7 +18,9 @@ use rustls::pki_types::ServerName;
 /// Sends one h2 request over mTLS presenting `config`'s client certificate.
 /// `Err` carries why no HTTP answer came back.
 async fn try_request(addr: &str, config: Arc<rustls::ClientConfig>) -> Result<u16, String> {
-    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
     let tls = tokio_rustls::TlsConnector::from(config)
         .connect(ServerName::try_from("meshward.invalid").unwrap(), tcp)
         .await
@@ -59,7 +61,10 @@ async fn inbound_refuses_peers_without_a_valid_svid() {
             "other trust domain",
             TestCa::new("evil.org")
                 .unwrap()
-                .issue("spiffe://evil.org/agent/support-triage", Duration::from_secs(600))
+                .issue(
+                    "spiffe://evil.org/agent/support-triage",
+                    Duration::from_secs(600),
+                )
                 .unwrap(),
         ),
         ("expired", ca.issue_expired(SUPPORT_TRIAGE).unwrap()),
@@ -73,12 +78,18 @@ async fn inbound_refuses_peers_without_a_valid_svid() {
     ];
     for (what, svid) in cases {
         let got = try_request(&addr, config(&svid)).await;
-        assert!(got.is_err(), "{what}: expected a refused handshake, got {got:?}");
+        assert!(
+            got.is_err(),
+            "{what}: expected a refused handshake, got {got:?}"
+        );
     }
 
     // No client certificate at all.
     let no_cert = meshward_spire::test_util::anonymous_client_config(&[b"h2"]).unwrap();
     let got = try_request(&addr, no_cert).await;
-    assert!(got.is_err(), "no cert: expected a refused handshake, got {got:?}");
+    assert!(
+        got.is_err(),
+        "no cert: expected a refused handshake, got {got:?}"
+    );
     mesh.shutdown().await;
 }

@@ -81,8 +81,9 @@ impl ControlPlane {
     /// Loads the config (refusing to start if it is invalid), starts the
     /// watcher and serves xDS.
     pub async fn start(opts: ControlPlaneOptions) -> Result<ControlPlane, ControlPlaneError> {
-        let (meshes, reloads, watcher) = config::watch_with_status(opts.config.clone(), opts.overlay)
-            .map_err(ControlPlaneError::Config)?;
+        let (meshes, reloads, watcher) =
+            config::watch_with_status(opts.config.clone(), opts.overlay)
+                .map_err(ControlPlaneError::Config)?;
         let xds_addr = opts
             .xds
             .local_addr()
@@ -108,8 +109,12 @@ impl ControlPlane {
     fn serve(&mut self, listener: TcpListener) -> Result<(), ControlPlaneError> {
         let tls = meshward_spire::tls::server_config(&self.identity, &[b"h2"])?;
         let incoming = meshward_spire::grpc::incoming(listener, tls);
-        let service = XdsServer::new(self.meshes.clone()).into_service();
         let stop = CancellationToken::new();
+        // The token also ends open ADS streams: stopping the listener alone
+        // would leave connected dataplanes receiving pushes.
+        let service = XdsServer::new(self.meshes.clone())
+            .with_shutdown(stop.clone())
+            .into_service();
         let stopped = stop.clone();
         let task = tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
@@ -155,8 +160,6 @@ impl ControlPlane {
     pub async fn stop_xds(&mut self) {
         if let Some((stop, task)) = self.server.take() {
             stop.cancel();
-            // Streams are long-lived: close them rather than wait for them.
-            task.abort();
             let _ = task.await;
         }
         self.serving.send_replace(false);

@@ -137,9 +137,11 @@ impl TestMesh {
         body: &str,
         headers: &[(&str, &str)],
     ) -> Answer {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(format!("http://{}{}", self.outbound(agent), path));
+        let mut req = Request::builder().method(method).uri(format!(
+            "http://{}{}",
+            self.outbound(agent),
+            path
+        ));
         for (k, v) in headers {
             req = req.header(*k, *v);
         }

@@ -94,7 +94,7 @@ impl CompiledPolicy {
             }
         })?;
 
-        let policy = CompiledPolicy {
+        let mut policy = CompiledPolicy {
             name: bundle.name.clone(),
             revision: bundle.revision.clone(),
             decision_rule,
@@ -104,7 +104,6 @@ impl CompiledPolicy {
         // that whatever regorus resolves lazily is resolved on the prototype,
         // not on every clone. Its outcome depends on the (empty) input and
         // is irrelevant.
-        let mut policy = policy;
         policy.engine.set_input(regorus::Value::new_object());
         let _ = policy.engine.eval_rule(policy.decision_rule.clone());
         policy.engine.set_input(regorus::Value::Undefined);

@@ -128,7 +128,9 @@ fn run_rego_tests(modules: &[RegoModule], data_json: &str) -> (usize, Vec<String
         let mut e = engine.clone();
         match e.eval_rule(rule.clone()) {
             Ok(regorus::Value::Bool(true)) => {}
-            Ok(regorus::Value::Undefined) => failures.push(format!("{file}: {rule} is undefined (FAIL)")),
+            Ok(regorus::Value::Undefined) => {
+                failures.push(format!("{file}: {rule} is undefined (FAIL)"))
+            }
             Ok(other) => failures.push(format!("{file}: {rule} = {other}")),
             Err(err) => failures.push(format!("{file}: {rule} errored: {err:#}")),
         }
