@@ -6,7 +6,7 @@
 //! these helpers use the SPIFFE-aware rustls configs from [`crate::tls`]
 //! instead, and put the verified identity where handlers can read it:
 //!
-//! ```ignore
+//! ```text
 //! let peer = meshward_spire::grpc::peer_identity(&request)
 //!     .ok_or_else(|| tonic::Status::unauthenticated("no peer identity"))?;
 //! ```

@@ -5,11 +5,14 @@
 //! inspecting the calling process; this server cannot, so it attests by socket:
 //! every registered workload gets its own socket, and whoever can connect to that
 //! socket (mode 0600, so only the same user) receives that workload's SVID.
+//! The same socket also serves Envoy's SDS (see [`sds`]), as a SPIRE agent's does.
 //! Consumers use it exactly like SPIRE — through [`crate::identity::IdentitySource`]
 //! pointed at the socket — so the code path under test is the production one and
 //! nothing ever reads dev keys directly.
 
+mod authority;
 pub(crate) mod ca;
+pub mod sds;
 mod workload_api;
 
 use std::collections::{HashMap, HashSet};
@@ -18,14 +21,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
 use meshward_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use tokio::net::UnixListener;
 use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
 
 use self::ca::Ca;
 pub use self::ca::CaError;
+use self::sds::SdsService;
 pub use self::workload_api::WORKLOAD_API_HEADER;
 use self::workload_api::WorkloadService;
 
@@ -249,10 +255,10 @@ impl DevIdentityServer {
         self.ca.cert_der().to_vec()
     }
 
-    /// Starts serving the Workload API for `spiffe_id` on its own socket and
-    /// returns the socket path (give it to the workload as
-    /// `SPIFFE_ENDPOINT_SOCKET=unix:<path>`). Registering the same ID again
-    /// returns the same path.
+    /// Starts serving the Workload API and Envoy SDS for `spiffe_id` on its own
+    /// socket and returns the socket path (give it to the workload as
+    /// `SPIFFE_ENDPOINT_SOCKET=unix:<path>`, or to Envoy as the SDS cluster's
+    /// pipe address). Registering the same ID again returns the same path.
     pub async fn register(&self, spiffe_id: &str) -> Result<PathBuf, DevServerError> {
         let invalid = |reason: String| DevServerError::InvalidSpiffeId {
             spiffe_id: spiffe_id.to_owned(),
@@ -311,12 +317,17 @@ impl DevIdentityServer {
             shutdown: self.shutdown_tx.subscribe(),
             current: Arc::default(),
         };
+        let sds = SdsService::new(svc.clone());
+        // Through the relay, so gRPC clients that send the socket path as
+        // :authority (grpcio, grpc-java) are served as a SPIRE agent serves them.
+        let incoming = UnixListenerStream::new(listener).map(|conn| conn.map(authority::relay));
         let mut stop = self.shutdown_tx.subscribe();
         let task_id = id.clone();
         let task = tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
                 .add_service(SpiffeWorkloadApiServer::new(svc))
-                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+                .add_service(SecretDiscoveryServiceServer::new(sds))
+                .serve_with_incoming_shutdown(incoming, async move {
                     let _ = stop.wait_for(|down| *down).await;
                 })
                 .await;

@@ -45,8 +45,8 @@ pub(crate) struct WorkloadService {
 /// The SVID currently handed out, and when it is due for replacement.
 #[derive(Clone)]
 pub(crate) struct CurrentSvid {
-    response: X509svidResponse,
-    refresh_at: Instant,
+    pub(crate) response: X509svidResponse,
+    pub(crate) refresh_at: Instant,
 }
 
 /// Resolves when the server is shutting down (or its controller is gone).
@@ -70,7 +70,9 @@ fn check_header<T>(req: &Request<T>) -> Result<(), Status> {
 
 impl WorkloadService {
     /// The current SVID, minting a new one if none exists or it is due.
-    fn current_svid(&self) -> Result<CurrentSvid, Status> {
+    /// Shared with the SDS service, so Envoy and Workload API clients of one
+    /// socket always hold the same certificate.
+    pub(crate) fn current_svid(&self) -> Result<CurrentSvid, Status> {
         let mut cur = self
             .current
             .lock()
