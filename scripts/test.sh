@@ -37,6 +37,13 @@ opa check --v1-compatible policies/ 2>/dev/null || opa check policies/
 opa test policies/ -v 2>&1 | tail -n 40
 opa test policies/ >/dev/null
 
+step "Python peers (grpcio, xds-protos, spiffe, Envoy 1.40) into .venv"
+MESHWARD_ENVOY=$(scripts/install-python-peers.sh | tail -n 1)
+export MESHWARD_ENVOY
+export MESHWARD_PYTHON="$ROOT/.venv/bin/python"
+# Interop tests fail (instead of skipping) when a peer is missing.
+export MESHWARD_REQUIRE_PEERS=1
+
 step "cargo test (unit, integration, interop)"
 export MESHWARD_OPA="$TOOLS/bin/opa"
 cargo test --workspace --locked -- --test-threads=2

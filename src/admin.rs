@@ -13,11 +13,7 @@ struct ControlPlaneAdmin(ControlPlaneStatus);
 
 impl AdminSource for ControlPlaneAdmin {
     fn readiness(&self) -> Result<(), String> {
-        if self.0.serving() {
-            Ok(())
-        } else {
-            Err("xDS server stopped".into())
-        }
+        self.0.readiness()
     }
 
     fn config_dump(&self) -> serde_json::Value {

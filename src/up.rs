@@ -222,7 +222,7 @@ impl Up {
             dataplanes.push(
                 Dataplane::start(DataplaneOptions {
                     name: format!("{name}-inbound"),
-                    identity: source,
+                    identity: source.into(),
                     xds: xds(&format!("{name}-inbound")),
                     outbound: None,
                     inbound: Some(inbound),
@@ -250,7 +250,7 @@ impl Up {
             dataplanes.push(
                 Dataplane::start(DataplaneOptions {
                     name: agent.name.clone(),
-                    identity: source,
+                    identity: source.into(),
                     xds: xds(&agent.name),
                     outbound: Some(outbound),
                     inbound: None,

@@ -55,6 +55,7 @@ fn format_config_errors(errors: &ConfigErrors) -> String {
 pub struct ControlPlaneStatus {
     meshes: watch::Receiver<Arc<Mesh>>,
     serving: watch::Receiver<bool>,
+    identity: IdentitySource,
 }
 
 impl ControlPlaneStatus {
@@ -64,6 +65,19 @@ impl ControlPlaneStatus {
 
     pub fn serving(&self) -> bool {
         *self.serving.borrow()
+    }
+
+    /// `Ok(())` when serving xDS with a usable SVID, else why not. With the
+    /// Workload API gone the control plane keeps serving on its current
+    /// SVID; once that expires, handshakes fail (spiffe-rustls refuses an
+    /// expired SVID) and this says so.
+    pub fn readiness(&self) -> Result<(), String> {
+        self.identity.check().map_err(|e| e.to_string())?;
+        if self.serving() {
+            Ok(())
+        } else {
+            Err("xDS server stopped".into())
+        }
     }
 }
 
@@ -75,6 +89,7 @@ pub struct ControlPlane {
     watcher: JoinHandle<()>,
     serving: watch::Sender<bool>,
     server: Option<(CancellationToken, JoinHandle<()>)>,
+    svid_metrics: JoinHandle<()>,
 }
 
 impl ControlPlane {
@@ -92,8 +107,13 @@ impl ControlPlane {
                 source,
             })?;
         let (serving, _) = watch::channel(false);
+        let svid_metrics = tokio::spawn(meshward_spire::identity::export_svid_metrics(
+            opts.identity.clone().into(),
+            vec![("component", "controlplane".to_string())],
+        ));
         let mut cp = ControlPlane {
             xds_addr,
+            svid_metrics,
             identity: opts.identity,
             meshes,
             reloads,
@@ -153,6 +173,7 @@ impl ControlPlane {
         ControlPlaneStatus {
             meshes: self.meshes.clone(),
             serving: self.serving.subscribe(),
+            identity: self.identity.clone(),
         }
     }
 
@@ -188,6 +209,7 @@ impl ControlPlane {
 
     pub async fn shutdown(mut self) {
         self.stop_xds().await;
+        self.svid_metrics.abort();
         self.watcher.abort();
         let _ = (&mut self.watcher).await;
     }

@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod breaker;
+pub mod identity;
 pub mod policy;
 pub mod proxy;
 pub mod ratelimit;

@@ -1,12 +1,17 @@
 //! One dataplane: its xDS client, listeners and admin endpoint, started and
 //! stopped together. `meshward up` runs several in one process, so nothing
 //! here is global (the metrics recorder is passed in).
+//!
+//! A dataplane starts without waiting for its SVID: listeners and the admin
+//! endpoint come up at once and refuse traffic (503 `not_ready` outbound, no
+//! handshake inbound) until the first SVID and a warm config are there;
+//! `/ready` names what is missing. See [`crate::identity`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meshward_spire::IdentitySource;
+use meshward_spire::WorkloadIdentity;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -16,14 +21,16 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::{self, AdminSource};
 use crate::proxy::{self, Shared, upstream::MeshClient};
 use crate::state::MeshState;
-use crate::xds::{self, XdsClientConfig};
+use crate::xds::XdsClientConfig;
 
 /// Everything a dataplane needs to start. Listeners are bound by the caller
 /// so `meshward up` can pick free ports without races.
 pub struct DataplaneOptions {
     /// Name for logs and metric labels.
     pub name: String,
-    pub identity: IdentitySource,
+    /// This workload's identity; may still be waiting for the Workload API
+    /// (pass an already connected `IdentitySource` with `.into()`).
+    pub identity: WorkloadIdentity,
     pub xds: XdsClientConfig,
     /// Agent-facing plain HTTP listener (sidecar of an agent).
     pub outbound: Option<TcpListener>,
@@ -69,21 +76,17 @@ pub struct Dataplane {
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// Readiness: warm config, and for an inbound dataplane its own service known.
+/// Readiness: a usable SVID, warm config, and for an inbound dataplane its
+/// own service known.
 struct Status {
-    own_spiffe_id: String,
     has_inbound: bool,
     state: watch::Receiver<Option<Arc<MeshState>>>,
-    identity: IdentitySource,
+    identity: WorkloadIdentity,
 }
 
 impl AdminSource for Status {
     fn readiness(&self) -> Result<(), String> {
-        if let Some(not_after) = self.identity.not_after()
-            && not_after <= std::time::SystemTime::now()
-        {
-            return Err(format!("SVID for {} has expired", self.own_spiffe_id));
-        }
+        let own_spiffe_id = self.identity.check().map_err(|e| e.to_string())?.spiffe_id;
         let state = self
             .state
             .borrow()
@@ -93,11 +96,10 @@ impl AdminSource for Status {
             && !state
                 .clusters
                 .values()
-                .any(|u| u.spiffe_id == self.own_spiffe_id)
+                .any(|u| u.spiffe_id == own_spiffe_id)
         {
             return Err(format!(
-                "{} is not a registered service in the mesh config",
-                self.own_spiffe_id
+                "{own_spiffe_id} is not a registered service in the mesh config"
             ));
         }
         Ok(())
@@ -105,10 +107,22 @@ impl AdminSource for Status {
 
     fn config_dump(&self) -> serde_json::Value {
         let state = self.state.borrow().clone();
+        let svid = self.identity.source().and_then(|s| s.last_svid());
+        let identity = serde_json::json!({
+            "endpoint": self.identity.endpoint(),
+            "workload_api": format!("{:?}", self.identity.link()),
+            "usable": self.identity.check().map_err(|e| e.to_string()).err().unwrap_or_else(|| "yes".into()),
+            "serial": svid.as_ref().map(|s| s.serial.clone()),
+            "not_after": svid.as_ref().map(|s| s.not_after_rfc3339()),
+        });
+        let spiffe_id = svid.map(|s| s.spiffe_id);
         match state {
-            None => serde_json::json!({ "spiffe_id": self.own_spiffe_id, "warm": false }),
+            None => {
+                serde_json::json!({ "spiffe_id": spiffe_id, "identity": identity, "warm": false })
+            }
             Some(s) => serde_json::json!({
-                "spiffe_id": self.own_spiffe_id,
+                "spiffe_id": spiffe_id,
+                "identity": identity,
                 "warm": true,
                 "versions": s.versions,
                 "policy_revision": s.policy.revision(),
@@ -130,26 +144,20 @@ impl AdminSource for Status {
 }
 
 impl Dataplane {
-    /// Starts the xDS client and every listener given.
+    /// Starts every listener given and the admin endpoint at once; the xDS
+    /// client and inbound TLS follow when the first SVID arrives.
     pub async fn start(opts: DataplaneOptions) -> Result<Dataplane, DataplaneError> {
         let name = opts.name.clone();
-        let own_spiffe_id =
-            opts.identity
-                .spiffe_id()
-                .map_err(|source| DataplaneError::Identity {
-                    name: name.clone(),
-                    source,
-                })?;
+        let identity = opts.identity;
         let stop = CancellationToken::new();
         let mut tasks = Vec::new();
-        let (state, xds_task) = xds::spawn(opts.xds, opts.identity.clone());
-        tasks.push(xds_task);
+        let (state_tx, state) = watch::channel(None);
 
         let shared = Arc::new(Shared::new(
             name.clone(),
-            own_spiffe_id.clone(),
+            identity.clone(),
             state.clone(),
-            MeshClient::new(opts.identity.clone()),
+            MeshClient::new(identity.clone()),
             opts.local_upstream,
             opts.request_timeout,
         ));
@@ -165,23 +173,16 @@ impl Dataplane {
         let has_inbound = opts.inbound.is_some();
         if let Some(l) = opts.inbound {
             addrs.inbound = l.local_addr().ok();
-            let tls = meshward_spire::tls::server_config(&opts.identity, &[b"h2", b"http/1.1"])
-                .map_err(|source| DataplaneError::Identity {
-                    name: name.clone(),
-                    source,
-                })?;
             tasks.push(tokio::spawn(proxy::serve_inbound(
                 l,
-                tls,
                 shared.clone(),
                 stop.clone(),
             )));
         }
         let status = Arc::new(Status {
-            own_spiffe_id,
             has_inbound,
             state,
-            identity: opts.identity,
+            identity: identity.clone(),
         });
         if let Some(l) = opts.admin {
             addrs.admin = l.local_addr().ok();
@@ -192,6 +193,18 @@ impl Dataplane {
                 stop.clone(),
             )));
         }
+        tasks.push(tokio::spawn(meshward_spire::identity::export_svid_metrics(
+            identity.clone(),
+            vec![("dataplane", name.clone())],
+        )));
+        tasks.push(tokio::spawn(crate::identity::bring_up(
+            identity,
+            opts.xds,
+            shared.clone(),
+            has_inbound,
+            state_tx,
+            stop.clone(),
+        )));
         tasks.push(tokio::spawn(evict_idle(shared, stop.clone())));
         Ok(Dataplane {
             name,
@@ -207,16 +220,24 @@ impl Dataplane {
         self.status.readiness()
     }
 
-    /// Waits until ready (config warm), or fails with the reason after `timeout`.
+    /// Waits until ready (usable SVID, config warm), or fails with the
+    /// reason after `timeout`.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<(), DataplaneError> {
         let mut state = self.status.state.clone();
+        let mut identity = self.status.identity.updated();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             if self.readiness().is_ok() {
                 return Ok(());
             }
-            match tokio::time::timeout_at(deadline, state.changed()).await {
-                Ok(Ok(())) => continue,
+            let changed = async {
+                tokio::select! {
+                    r = state.changed() => r.is_ok(),
+                    r = identity.changed() => r.is_ok(),
+                }
+            };
+            match tokio::time::timeout_at(deadline, changed).await {
+                Ok(true) => continue,
                 _ => {
                     return Err(DataplaneError::NotReady {
                         name: self.name.clone(),

@@ -31,5 +31,5 @@ pub mod tls;
 
 pub use devserver::{DevIdentityServer, DevServerError, DevServerOptions};
 pub use grpc::{PeerIdentity, TlsStream, peer_identity};
-pub use identity::{IdentityError, IdentitySource};
+pub use identity::{IdentityError, IdentitySource, SvidInfo, WorkloadApiLink, WorkloadIdentity};
 pub use tls::{client_config, peer_spiffe_id, server_config, server_name_for};

@@ -13,13 +13,15 @@ pub mod refusal;
 pub mod upstream;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
+
+use std::sync::{Arc, OnceLock};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use meshward_spire::WorkloadIdentity;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -34,8 +36,12 @@ use pipeline::Arrival;
 pub struct Shared {
     /// Name used in logs and metric labels (e.g. the agent's name).
     pub name: String,
-    /// This workload's SPIFFE ID (from its SVID).
-    pub own_spiffe_id: String,
+    /// This workload's identity: checked on every request and before every
+    /// inbound handshake, so a missing or expired SVID fails closed.
+    pub identity: WorkloadIdentity,
+    /// The inbound mTLS config, set once the first SVID has arrived (a TLS
+    /// config cannot be built without one).
+    pub inbound_tls: OnceLock<Arc<rustls::ServerConfig>>,
     pub state: watch::Receiver<Option<Arc<MeshState>>>,
     pub limiter: RateLimiter,
     pub breakers: Breakers,
@@ -51,7 +57,7 @@ impl Shared {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: String,
-        own_spiffe_id: String,
+        identity: WorkloadIdentity,
         state: watch::Receiver<Option<Arc<MeshState>>>,
         mesh_client: upstream::MeshClient,
         local_upstream: Option<SocketAddr>,
@@ -59,7 +65,8 @@ impl Shared {
     ) -> Self {
         Self {
             name,
-            own_spiffe_id,
+            identity,
+            inbound_tls: OnceLock::new(),
             state,
             limiter: RateLimiter::new(),
             breakers: Breakers::new(),
@@ -73,6 +80,27 @@ impl Shared {
 
     pub fn current_state(&self) -> Option<Arc<MeshState>> {
         self.state.borrow().clone()
+    }
+
+    /// This workload's SPIFFE ID if it holds a usable SVID, else why not
+    /// (waiting for the Workload API, or expired without a replacement).
+    pub fn own_spiffe_id(&self) -> Result<String, meshward_spire::IdentityError> {
+        self.identity.check().map(|svid| svid.spiffe_id)
+    }
+
+    /// Why an inbound connection must not even be handshaken: no usable SVID,
+    /// no TLS config yet, or no configuration (no policy means no decisions).
+    fn refuse_inbound(&self) -> Option<String> {
+        if let Err(e) = self.own_spiffe_id() {
+            return Some(e.to_string());
+        }
+        if self.inbound_tls.get().is_none() {
+            return Some("inbound TLS not configured yet".into());
+        }
+        if self.state.borrow().is_none() {
+            return Some("configuration not received from the control plane yet".into());
+        }
+        None
     }
 
     /// Round-robin over the upstream's endpoints.
@@ -118,14 +146,10 @@ pub async fn serve_outbound(listener: TcpListener, shared: Arc<Shared>, stop: Ca
 }
 
 /// Serves mTLS (h2 or HTTP/1.1 by ALPN) from other workloads' dataplanes.
-/// The handshake itself refuses peers without a valid SVID.
-pub async fn serve_inbound(
-    listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    shared: Arc<Shared>,
-    stop: CancellationToken,
-) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+/// The handshake itself refuses peers without a valid SVID. Until this
+/// workload has a usable SVID and a warm config, connections are closed
+/// before any handshake (fail closed; `/ready` says why).
+pub async fn serve_inbound(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
     loop {
         let (tcp, remote) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -139,9 +163,18 @@ pub async fn serve_inbound(
                 }
             },
         };
+        if let Some(why) = shared.refuse_inbound() {
+            tracing::debug!(dataplane = %shared.name, peer = %remote, "inbound connection closed before handshake: {why}");
+            metrics::counter!("meshward_inbound_connections_refused_total", "dataplane" => shared.name.clone()).increment(1);
+            drop(tcp);
+            continue;
+        }
+        let Some(tls) = shared.inbound_tls.get().cloned() else {
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let local = tcp.local_addr().unwrap_or(remote);
-        let acceptor = acceptor.clone();
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         let shared = shared.clone();
         let stop = stop.clone();
         tokio::spawn(async move {

@@ -109,7 +109,12 @@ async fn handle_inner(
     request_id: &str,
     grpc: bool,
 ) -> Result<Response<ProxyBody>, Refusal> {
-    // Fail closed until the config is warm: no policy means no decisions.
+    // Fail closed without a usable SVID (none yet, or expired while the
+    // Workload API is away), and until the config is warm: no policy means
+    // no decisions.
+    let own_spiffe_id = shared
+        .own_spiffe_id()
+        .map_err(|e| Refusal::NotReady(e.to_string()))?;
     let state = shared.current_state().ok_or_else(|| {
         Refusal::NotReady("configuration not received from the control plane yet".into())
     })?;
@@ -126,10 +131,9 @@ async fn handle_inner(
                     body: None,
                     headers: vec![],
                 })?;
-            let own = own_service(&state, &shared.own_spiffe_id).ok_or_else(|| {
+            let own = own_service(&state, &own_spiffe_id).ok_or_else(|| {
                 Refusal::NotReady(format!(
-                    "{} is not a registered service in the mesh config",
-                    shared.own_spiffe_id
+                    "{own_spiffe_id} is not a registered service in the mesh config"
                 ))
             })?;
             let pq = req
@@ -150,7 +154,7 @@ async fn handle_inner(
                 .get(&r.service)
                 .cloned()
                 .ok_or_else(|| Refusal::UnknownService(r.service.clone()))?;
-            (shared.own_spiffe_id.clone(), upstream, r.path_and_query)
+            (own_spiffe_id, upstream, r.path_and_query)
         }
     };
     let caller: Option<Arc<AgentInfo>> = state.agents.get(&caller_id).cloned();

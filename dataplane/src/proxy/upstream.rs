@@ -4,6 +4,14 @@
 //!   mTLS with this workload's SVID, verifying that the server proves the
 //!   service's SPIFFE ID. One pooled client per expected ID, because the
 //!   expected peer is part of the TLS config.
+//!
+//! A pooled h2 connection keeps the certificates of its handshake for its
+//! whole life, so a pool is *retired* (new requests get a fresh pool and
+//! fresh handshakes; requests in flight finish on the old connections) when
+//! this workload's SVID rotates, and at the latest shortly before the earliest
+//! `notAfter` of the certificates its connections were established with (ours
+//! or the peer's). So the new SVID is in use right after a rotation, and no
+//! connection is used past the SVIDs it was authenticated with.
 //! - [`LocalClient`]: from an inbound dataplane to the app beside it on
 //!   loopback, plain text: h2 with prior knowledge for gRPC (gRPC needs h2
 //!   and trailers), HTTP/1.1 for everything else (what most apps speak).
@@ -12,15 +20,16 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dashmap::DashMap;
 use http::Uri;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use meshward_spire::IdentitySource;
+use meshward_spire::{IdentityError, WorkloadIdentity};
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -29,6 +38,17 @@ use tokio_rustls::client::TlsStream;
 use super::body::ProxyBody;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A pool is retired this long before the earliest certificate of its
+/// connections expires, so no request starts on a connection about to lose
+/// its authentication.
+const RETIRE_BEFORE_EXPIRY: Duration = Duration::from_millis(500);
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
 
 /// A TLS stream that tells hyper it negotiated h2 (ALPN is enforced to h2).
 pub struct MtlsStream(TokioIo<TlsStream<TcpStream>>);
@@ -69,6 +89,9 @@ impl hyper::rt::Write for MtlsStream {
 #[derive(Clone)]
 pub struct MtlsConnector {
     tls: TlsConnector,
+    /// Earliest peer-certificate `notAfter` (Unix seconds) of this pool's
+    /// connections; the pool is retired before it.
+    peer_expiry: Arc<AtomicU64>,
 }
 
 impl tower::Service<Uri> for MtlsConnector {
@@ -82,6 +105,7 @@ impl tower::Service<Uri> for MtlsConnector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let tls = self.tls.clone();
+        let peer_expiry = self.peer_expiry.clone();
         Box::pin(async move {
             let authority = uri
                 .authority()
@@ -107,6 +131,15 @@ impl tower::Service<Uri> for MtlsConnector {
                     format!("{authority} did not negotiate h2"),
                 ));
             }
+            let peer_not_after = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .and_then(|leaf| meshward_spire::identity::leaf_not_after(leaf.as_ref()));
+            if let Some(t) = peer_not_after {
+                peer_expiry.fetch_min(unix_secs(t), Ordering::AcqRel);
+            }
             Ok(MtlsStream(TokioIo::new(stream)))
         })
     }
@@ -114,40 +147,80 @@ impl tower::Service<Uri> for MtlsConnector {
 
 type MtlsClient = Client<MtlsConnector, ProxyBody>;
 
-/// Pooled h2-over-mTLS clients to inbound dataplanes, one per expected SPIFFE ID.
+/// One connection pool to one peer, valid for one SVID of ours.
+struct PeerPool {
+    /// Serial of our SVID when the pool was made.
+    own_serial: String,
+    /// Our SVID's `notAfter` (Unix seconds) when the pool was made.
+    own_expiry: u64,
+    peer_expiry: Arc<AtomicU64>,
+    client: MtlsClient,
+}
+
+impl PeerPool {
+    /// Whether new requests may still use this pool's connections.
+    fn usable(&self, own_serial: &str) -> bool {
+        let retire_at = self
+            .own_expiry
+            .min(self.peer_expiry.load(Ordering::Acquire));
+        self.own_serial == own_serial
+            && unix_secs(SystemTime::now() + RETIRE_BEFORE_EXPIRY) < retire_at
+    }
+}
+
+/// Pooled h2-over-mTLS clients to inbound dataplanes, one pool per expected
+/// SPIFFE ID, renewed with our SVID (see the module docs).
 #[derive(Clone)]
 pub struct MeshClient {
-    identity: IdentitySource,
-    clients: Arc<DashMap<String, MtlsClient>>,
+    identity: WorkloadIdentity,
+    pools: Arc<DashMap<String, PeerPool>>,
 }
 
 impl MeshClient {
-    pub fn new(identity: IdentitySource) -> Self {
+    pub fn new(identity: WorkloadIdentity) -> Self {
         Self {
             identity,
-            clients: Arc::new(DashMap::new()),
+            pools: Arc::new(DashMap::new()),
         }
     }
 
     /// The client for upstreams that must prove `expected_spiffe_id`.
-    pub fn for_peer(
-        &self,
-        expected_spiffe_id: &str,
-    ) -> Result<MtlsClient, meshward_spire::IdentityError> {
-        if let Some(c) = self.clients.get(expected_spiffe_id) {
-            return Ok(c.clone());
+    /// Fails (closed) while this workload has no usable SVID.
+    pub fn for_peer(&self, expected_spiffe_id: &str) -> Result<MtlsClient, IdentityError> {
+        let own = self.identity.check()?;
+        if let Some(pool) = self.pools.get(expected_spiffe_id)
+            && pool.usable(&own.serial)
+        {
+            return Ok(pool.client.clone());
         }
+        let source = self
+            .identity
+            .source()
+            .ok_or_else(|| IdentityError::Waiting {
+                endpoint: self.identity.endpoint().to_owned(),
+                reason: "no identity source yet".into(),
+            })?;
         let config =
-            meshward_spire::tls::client_config(&self.identity, Some(expected_spiffe_id), &[b"h2"])?;
+            meshward_spire::tls::client_config(&source, Some(expected_spiffe_id), &[b"h2"])?;
+        let peer_expiry = Arc::new(AtomicU64::new(u64::MAX));
         let connector = MtlsConnector {
             tls: TlsConnector::from(config),
+            peer_expiry: peer_expiry.clone(),
         };
         let client = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .pool_idle_timeout(Duration::from_secs(90))
             .build(connector);
-        self.clients
-            .insert(expected_spiffe_id.to_string(), client.clone());
+        tracing::debug!(peer = expected_spiffe_id, own_serial = %own.serial, "new upstream connection pool");
+        self.pools.insert(
+            expected_spiffe_id.to_string(),
+            PeerPool {
+                own_expiry: own.not_after_unix(),
+                own_serial: own.serial,
+                peer_expiry,
+                client: client.clone(),
+            },
+        );
         Ok(client)
     }
 }
