@@ -14,7 +14,7 @@ for case in allow deny; do
     ours=$(echo "$out" | awk -v c="meshward_clone_eval/$case" '$1==c {print $2}')
     opa_ns=$("$OPA" bench --format json --count 1 --benchmem=false -b policies \
         --input "$INPUTS/$case.json" 'data.meshward.authz.decision' |
-        python3 -c 'import json,sys; print(round(json.load(sys.stdin)["NsPerOp"]))')
+        python3 -c "import json,sys; r=json.load(sys.stdin); print(round(r[\"T\"] / r[\"N\"]))")
     echo "opa_bench/$case $opa_ns"
     python3 -c "print('ratio opa/meshward/$case %.2f' % ($opa_ns / $ours))"
 done

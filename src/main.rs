@@ -70,6 +70,56 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:15000")]
         admin: SocketAddr,
     },
+    /// Work with a real SPIRE deployment (see docs/spire.md).
+    Spire {
+        #[command(subcommand)]
+        command: SpireCommand,
+    },
+    /// Run the demo echo skill alone (HTTP + the meshward.demo.v1.Echo gRPC
+    /// service), e.g. behind a `meshward dataplane --local-upstream`.
+    Skill {
+        /// The service name the skill reports in its answers.
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum SpireCommand {
+    /// Turn the mesh's control plane, agents and services into SPIRE
+    /// registration entries: print the `spire-server entry create` commands,
+    /// or apply them (idempotently) with --apply.
+    Entries {
+        #[arg(long)]
+        config: PathBuf,
+        /// Run the commands: create missing entries, update changed ones,
+        /// leave equal ones alone.
+        #[arg(long)]
+        apply: bool,
+        /// The node (alias) SPIFFE ID the entries hang off
+        /// [default: spiffe://<trust domain>/meshward/node].
+        #[arg(long)]
+        parent_id: Option<String>,
+        /// `unix`: unix:user:mw-<name>; `k8s`: k8s:ns:<namespace> + k8s:sa:<name>.
+        #[arg(long, value_enum, default_value = "unix")]
+        selectors: meshward::spire_entries::SelectorKind,
+        /// Kubernetes namespace of the workloads (k8s selectors).
+        #[arg(long, default_value = "meshward")]
+        k8s_namespace: String,
+        /// Cluster name of the k8s_psat node alias entry (k8s selectors).
+        #[arg(long, default_value = "meshward")]
+        k8s_cluster: String,
+        /// X509-SVID lifetime of the entries in seconds [default: the server's].
+        #[arg(long)]
+        x509_svid_ttl: Option<u32>,
+        #[arg(long, default_value = "spire-server")]
+        spire_server: PathBuf,
+        /// The SPIRE server's API socket (-socketPath).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -94,6 +144,19 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Validate { file } => Ok(validate(&file)),
+        Command::Spire { command } => spire(command).await,
+        Command::Skill { name, listen } => {
+            let listener = TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("binding {listen}"))?;
+            let stop = CancellationToken::new();
+            let task = tokio::spawn(meshward::skill::serve(name.clone(), listener, stop.clone()));
+            tracing::info!(skill = %name, %listen, "skill ready");
+            shutdown_signal().await;
+            stop.cancel();
+            let _ = task.await;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Up { config, state_dir } => {
             let config = locate_default(config);
             let up = Up::start(UpOptions::new(config, &state_dir)).await?;
@@ -149,8 +212,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             local_upstream,
             admin,
         } => {
-            let identity =
-                meshward_spire::IdentitySource::connect_env(Duration::from_secs(30)).await?;
+            // Starts without waiting for the Workload API: /ready says why
+            // the dataplane is not ready until the first SVID arrives.
+            let identity = meshward_spire::WorkloadIdentity::connect_env()?;
             let bind = async |a: Option<SocketAddr>| -> anyhow::Result<Option<TcpListener>> {
                 match a {
                     Some(a) => Ok(Some(
@@ -183,6 +247,58 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn spire(command: SpireCommand) -> anyhow::Result<ExitCode> {
+    use meshward::spire_entries::{self, EntryOptions, ServerCli};
+    let SpireCommand::Entries {
+        config,
+        apply,
+        parent_id,
+        selectors,
+        k8s_namespace,
+        k8s_cluster,
+        x509_svid_ttl,
+        spire_server,
+        socket,
+    } = command;
+    let mesh = meshward_controlplane::config::load(&config).map_err(|errors| {
+        for e in errors.iter() {
+            eprintln!("{e}");
+        }
+        anyhow::anyhow!("{}: {} error(s)", config.display(), errors.len())
+    })?;
+    let entries = spire_entries::plan(
+        &mesh,
+        &EntryOptions {
+            parent_id,
+            selectors,
+            k8s_namespace,
+            k8s_cluster,
+            x509_svid_ttl,
+        },
+    )?;
+    let cli = ServerCli {
+        spire_server,
+        socket,
+    };
+    // Written, not println!'d: a closed pipe (`| head`) is an error, not a panic.
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if apply {
+        let report = tokio::task::spawn_blocking(move || spire_entries::apply(&cli, &entries))
+            .await
+            .context("applying entries")??;
+        for line in report {
+            writeln!(out, "{line}")?;
+        }
+    } else {
+        for e in &entries {
+            writeln!(out, "# {}", e.workload)?;
+            writeln!(out, "{}", spire_entries::shell_line(&cli.create(e)))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn validate(file: &std::path::Path) -> ExitCode {

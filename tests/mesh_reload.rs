@@ -115,7 +115,7 @@ async fn broken_edits_are_refused_and_nothing_fails() {
     let mesh = Arc::new(TestMesh::start().await);
     let stop = Arc::new(AtomicBool::new(false));
     let load = background_load(&mesh, stop.clone(), 5_000);
-    let before = mesh.up.mesh();
+    let before = mesh.up().mesh();
 
     // Each broken edit is refused (the watcher reports an error) and the
     // last good model stays published.
@@ -160,15 +160,15 @@ async fn broken_edits_are_refused_and_nothing_fails() {
         ),
     ];
     for (what, edit) in edits {
-        let reloads = mesh.up.reload_status().reloads;
+        let reloads = mesh.up().reload_status().reloads;
         edit();
         let refused = eventually(Duration::from_secs(2), || async {
-            let status = mesh.up.reload_status();
+            let status = mesh.up().reload_status();
             status.reloads > reloads && status.last_error.is_some()
         })
         .await;
         assert!(refused.is_some(), "{what}: the watcher reported no error");
-        assert_eq!(*mesh.up.mesh(), *before, "{what}: must not be published");
+        assert_eq!(*mesh.up().mesh(), *before, "{what}: must not be published");
     }
 
     // Fix both: the next good edit is applied.
@@ -182,7 +182,7 @@ async fn broken_edits_are_refused_and_nothing_fails() {
     )
     .unwrap();
     let applied = eventually(Duration::from_secs(2), || async {
-        *mesh.up.mesh() != *before
+        *mesh.up().mesh() != *before
     })
     .await;
     assert!(
@@ -206,7 +206,7 @@ async fn broken_edits_are_refused_and_nothing_fails() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dataplanes_survive_a_controlplane_restart() {
     let mut mesh = TestMesh::start().await;
-    mesh.up.controlplane().stop_xds().await;
+    mesh.up_mut().controlplane().stop_xds().await;
     // Dataplanes keep serving their last config.
     for _ in 0..10 {
         let a = mesh
@@ -217,7 +217,7 @@ async fn dataplanes_survive_a_controlplane_restart() {
     // An edit while the control plane is down: the control plane loads it,
     // but no dataplane receives it until xDS is back (proving the streams
     // really closed) ...
-    let reloads = mesh.up.reload_status().reloads;
+    let reloads = mesh.up().reload_status().reloads;
     rewrite(&mesh.config_path(), |y| {
         y.replacen(
             "environment: production\n    permissions: [skills:invoke, billing:read",
@@ -226,7 +226,7 @@ async fn dataplanes_survive_a_controlplane_restart() {
         )
     });
     let loaded = eventually(Duration::from_secs(2), || async {
-        mesh.up.reload_status().reloads > reloads
+        mesh.up().reload_status().reloads > reloads
     })
     .await;
     assert!(loaded.is_some(), "control plane reloaded the edit");
@@ -242,7 +242,7 @@ async fn dataplanes_survive_a_controlplane_restart() {
         "a stopped control plane pushed config"
     );
     // ... and every dataplane reconnects and gets it once xDS is back.
-    mesh.up
+    mesh.up_mut()
         .controlplane()
         .start_xds()
         .await

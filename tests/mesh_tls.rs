@@ -50,7 +50,7 @@ fn config(svid: &TestSvid) -> Arc<rustls::ClientConfig> {
 async fn inbound_refuses_peers_without_a_valid_svid() {
     let mesh = TestMesh::start().await;
     let addr = mesh.inbound("hello-skill");
-    let ca = mesh.up.identity_server().test_ca();
+    let ca = mesh.up().identity_server().test_ca();
 
     // Positive control: a valid SVID of the trust domain gets an answer.
     let good = ca.issue(SUPPORT_TRIAGE, Duration::from_secs(600)).unwrap();

@@ -96,7 +96,7 @@ fn reference_bundle_decides_the_same_in_opa_and_meshward() {
                         destination_principal: Some(&svc.spiffe_id),
                         source_address: None,
                         destination_address: None,
-                        caller: caller.clone(),
+                        caller: *caller,
                         service: Some(ServiceFacts {
                             name: &svc.name,
                             spiffe_id: &svc.spiffe_id,
@@ -110,7 +110,11 @@ fn reference_bundle_decides_the_same_in_opa_and_meshward() {
 
     let dir = tempfile::tempdir().unwrap();
     let input_file = dir.path().join("inputs.json");
-    std::fs::write(&input_file, serde_json::Value::Array(inputs.clone()).to_string()).unwrap();
+    std::fs::write(
+        &input_file,
+        serde_json::Value::Array(inputs.clone()).to_string(),
+    )
+    .unwrap();
     let out = Command::new(&opa)
         .arg("eval")
         .arg("--format=json")
@@ -121,7 +125,11 @@ fn reference_bundle_decides_the_same_in_opa_and_meshward() {
         .arg("[d | some x in input; d := data.meshward.authz.decision with input as x]")
         .output()
         .expect("run opa");
-    assert!(out.status.success(), "opa eval failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "opa eval failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let opa_decisions = result["result"][0]["expressions"][0]["value"]
         .as_array()
@@ -140,8 +148,16 @@ fn reference_bundle_decides_the_same_in_opa_and_meshward() {
             input["meshward"]["service"]["name"],
             input["attributes"]["request"]["http"]["path"],
         );
-        assert_eq!(Some(ours.allowed), theirs["allowed"].as_bool(), "allowed differs: {what}");
-        assert_eq!(ours.reason.as_deref(), theirs["reason"].as_str(), "reason differs: {what}");
+        assert_eq!(
+            Some(ours.allowed),
+            theirs["allowed"].as_bool(),
+            "allowed differs: {what}"
+        );
+        assert_eq!(
+            ours.reason.as_deref(),
+            theirs["reason"].as_str(),
+            "reason differs: {what}"
+        );
         assert_eq!(
             ours.http_status.map(u64::from),
             theirs["http_status"].as_u64(),
@@ -150,5 +166,9 @@ fn reference_bundle_decides_the_same_in_opa_and_meshward() {
         allowed += usize::from(ours.allowed);
     }
     // The matrix must exercise both outcomes, or it proves little.
-    assert!(allowed > 10 && allowed < inputs.len() - 10, "allowed {allowed} of {}", inputs.len());
+    assert!(
+        allowed > 10 && allowed < inputs.len() - 10,
+        "allowed {allowed} of {}",
+        inputs.len()
+    );
 }

@@ -1,8 +1,15 @@
-//! Test harness: a whole mesh (`meshward up`) on loopback in this process,
-//! from a private copy of `deploy/local/mesh.yaml` and `policies/` so tests
-//! can edit config and policy without touching the repository.
+//! Test harness: a whole mesh on loopback from a private copy of
+//! `deploy/local/mesh.yaml` and `policies/` (so tests can edit config and
+//! policy without touching the repository), backed either by `meshward up`
+//! in this process ([`TestMesh::start`], dev identity server) or by separate
+//! processes with identities from a real SPIRE ([`TestMesh::start_spire`]).
+//! Scenario bodies in [`scenarios`] take a `&TestMesh`, so the same
+//! assertions run against both.
 
 #![allow(dead_code)]
+
+pub mod scenarios;
+pub mod spire;
 
 use std::path::{Path, PathBuf};
 use std::sync::Once;
@@ -21,8 +28,16 @@ pub const BILLING_BOT: &str = "spiffe://example.org/agent/billing-bot";
 
 static TRACING: Once = Once::new();
 
+/// What runs the mesh.
+pub enum Backend {
+    /// `meshward up` in this process.
+    InProcess(Box<Up>),
+    /// One process per component, SVIDs from SPIRE.
+    Spire(Box<spire::SpireMesh>),
+}
+
 pub struct TestMesh {
-    pub up: Up,
+    pub backend: Backend,
     pub dir: tempfile::TempDir,
     pub http1: Client<HttpConnector, Full<Bytes>>,
     pub h2c: Client<HttpConnector, Full<Bytes>>,
@@ -71,6 +86,41 @@ impl TestMesh {
 
     /// Like [`TestMesh::start`], with a chance to edit `mesh.yaml` first.
     pub async fn start_with(edit: impl FnOnce(&mut String)) -> TestMesh {
+        let dir = Self::prepare(edit);
+        let up = Up::start(UpOptions::new(
+            dir.path().join("mesh.yaml"),
+            dir.path().join("state"),
+        ))
+        .await
+        .expect("mesh starts");
+        Self::with_backend(Backend::InProcess(Box::new(up)), dir)
+    }
+
+    /// The same mesh as separate processes with SVIDs from a real SPIRE
+    /// (see [`spire`]). `None` (after saying why on stderr) when SPIRE
+    /// cannot run here; panics instead under `MESHWARD_REQUIRE_SPIRE=1`.
+    pub async fn start_spire() -> Option<TestMesh> {
+        Self::start_spire_with(|_| {}, spire::External::default()).await
+    }
+
+    /// Like [`TestMesh::start_spire`], editing `mesh.yaml` first; members
+    /// in `external` get SPIRE entries and users but no Meshward process.
+    pub async fn start_spire_with(
+        edit: impl FnOnce(&mut String),
+        external: spire::External,
+    ) -> Option<TestMesh> {
+        if spire::skip_reason("this SPIRE test").is_some() {
+            return None;
+        }
+        let dir = Self::prepare(edit);
+        let path = dir.path().to_path_buf();
+        let mesh = tokio::task::spawn_blocking(move || spire::SpireMesh::start(&path, &external))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        Some(Self::with_backend(Backend::Spire(Box::new(mesh)), dir))
+    }
+
+    fn prepare(edit: impl FnOnce(&mut String)) -> tempfile::TempDir {
         TRACING.call_once(|| meshward::telemetry::init_tracing("warn"));
         let dir = tempfile::tempdir().unwrap();
         copy_dir(&repo().join("policies"), &dir.path().join("policies"));
@@ -78,20 +128,65 @@ impl TestMesh {
         yaml = yaml.replace("dir: ../../policies", "dir: policies");
         edit(&mut yaml);
         std::fs::write(dir.path().join("mesh.yaml"), yaml).unwrap();
-        let up = Up::start(UpOptions::new(
-            dir.path().join("mesh.yaml"),
-            dir.path().join("state"),
-        ))
-        .await
-        .expect("mesh starts");
+        dir
+    }
+
+    fn with_backend(backend: Backend, dir: tempfile::TempDir) -> TestMesh {
         TestMesh {
-            up,
+            backend,
             dir,
             http1: Client::builder(TokioExecutor::new()).build_http(),
             h2c: Client::builder(TokioExecutor::new())
                 .http2_only(true)
                 .build_http(),
         }
+    }
+
+    /// The in-process mesh; panics for a SPIRE-backed one.
+    pub fn up(&self) -> &Up {
+        match &self.backend {
+            Backend::InProcess(up) => up,
+            Backend::Spire(_) => panic!("this test needs the in-process mesh"),
+        }
+    }
+
+    pub fn up_mut(&mut self) -> &mut Up {
+        match &mut self.backend {
+            Backend::InProcess(up) => up,
+            Backend::Spire(_) => panic!("this test needs the in-process mesh"),
+        }
+    }
+
+    /// The SPIRE-backed mesh; panics for an in-process one.
+    pub fn spire(&mut self) -> &mut spire::SpireMesh {
+        match &mut self.backend {
+            Backend::Spire(m) => m,
+            Backend::InProcess(_) => panic!("this test needs the SPIRE mesh"),
+        }
+    }
+
+    /// Which backend, for messages.
+    pub fn kind(&self) -> &'static str {
+        match &self.backend {
+            Backend::InProcess(_) => "in-process",
+            Backend::Spire(_) => "spire",
+        }
+    }
+
+    /// Admin address of a dataplane (agent or service name).
+    pub fn admin(&self, name: &str) -> String {
+        match &self.backend {
+            Backend::InProcess(up) => up
+                .info
+                .agents
+                .iter()
+                .map(|a| (&a.name, &a.admin))
+                .chain(up.info.services.iter().map(|s| (&s.name, &s.admin)))
+                .find(|(n, _)| *n == name)
+                .map(|(_, a)| a.clone()),
+            Backend::Spire(m) => m.addresses.admin.get(name).cloned(),
+        }
+        .unwrap_or_else(|| panic!("no dataplane {name}"))
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -103,25 +198,29 @@ impl TestMesh {
     }
 
     pub fn outbound(&self, agent: &str) -> String {
-        self.up
-            .info
-            .agents
-            .iter()
-            .find(|a| a.name == agent)
-            .unwrap_or_else(|| panic!("no agent {agent}"))
-            .outbound
-            .clone()
+        match &self.backend {
+            Backend::InProcess(up) => up
+                .info
+                .agents
+                .iter()
+                .find(|a| a.name == agent)
+                .map(|a| a.outbound.clone()),
+            Backend::Spire(m) => m.addresses.outbound.get(agent).cloned(),
+        }
+        .unwrap_or_else(|| panic!("no agent {agent}"))
     }
 
     pub fn inbound(&self, service: &str) -> String {
-        self.up
-            .info
-            .services
-            .iter()
-            .find(|s| s.name == service)
-            .unwrap_or_else(|| panic!("no service {service}"))
-            .inbound
-            .clone()
+        match &self.backend {
+            Backend::InProcess(up) => up
+                .info
+                .services
+                .iter()
+                .find(|s| s.name == service)
+                .map(|s| s.inbound.clone()),
+            Backend::Spire(m) => m.addresses.inbound.get(service).cloned(),
+        }
+        .unwrap_or_else(|| panic!("no service {service}"))
     }
 
     /// Sends a request through an agent's sidecar over HTTP/1.1.
@@ -160,7 +259,13 @@ impl TestMesh {
     }
 
     pub async fn shutdown(self) {
-        self.up.shutdown().await;
+        match self.backend {
+            Backend::InProcess(up) => up.shutdown().await,
+            // Killing processes blocks briefly; keep it off the runtime.
+            Backend::Spire(m) => {
+                let _ = tokio::task::spawn_blocking(move || drop(m)).await;
+            }
+        }
     }
 }
 
