@@ -17,7 +17,6 @@ use meshward_controlplane::config::bundle;
 use meshward_dataplane::policy::{
     CallerFacts, CompiledPolicy, Direction, RequestFacts, ServiceFacts, build_input,
 };
-use meshward_proto::meshward::v1::{PolicyBundle, RegoModule};
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args()
@@ -34,20 +33,7 @@ fn main() -> anyhow::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let loaded = bundle::load(&root.join("policies"), "data.meshward.authz.decision")
         .map_err(|e| anyhow::anyhow!("loading policies/: {e:?}"))?;
-    let proto = PolicyBundle {
-        name: "default".into(),
-        revision: loaded.revision.clone(),
-        modules: loaded
-            .modules
-            .iter()
-            .map(|(path, source)| RegoModule {
-                path: path.clone(),
-                source: source.clone(),
-            })
-            .collect(),
-        data_json: loaded.data.to_string(),
-        decision: loaded.decision.clone(),
-    };
+    let proto = meshward_controlplane::snapshot::policy_bundle_message(&loaded);
     let policy = CompiledPolicy::compile(&proto)?;
 
     let cases = [

@@ -11,7 +11,6 @@ use meshward_controlplane::config;
 use meshward_dataplane::policy::{
     CallerFacts, CompiledPolicy, Direction, RequestFacts, ServiceFacts, build_input,
 };
-use meshward_proto::meshward::v1::{PolicyBundle, RegoModule};
 
 fn opa() -> Option<PathBuf> {
     let path = std::env::var_os("MESHWARD_OPA")
@@ -34,21 +33,7 @@ fn reference_bundle_decides_the_same_in_opa_and_meshward() {
     let Some(opa) = opa() else { return };
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let mesh = config::load(&root.join("deploy/local/mesh.yaml")).expect("shipped mesh loads");
-    let bundle = PolicyBundle {
-        name: "default".into(),
-        revision: mesh.policy.revision.clone(),
-        modules: mesh
-            .policy
-            .modules
-            .iter()
-            .map(|(path, source)| RegoModule {
-                path: path.clone(),
-                source: source.clone(),
-            })
-            .collect(),
-        data_json: mesh.policy.data.to_string(),
-        decision: mesh.policy.decision.clone(),
-    };
+    let bundle = meshward_controlplane::snapshot::policy_bundle_message(&mesh.policy);
     let policy = CompiledPolicy::compile(&bundle).expect("bundle compiles");
 
     let mut callers: Vec<(String, Option<CallerFacts>)> = mesh

@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 use crate::config::Mesh;
 
 pub use access::{NodeKind, classify};
+pub use resources::policy_bundle_message;
 
 /// Type URLs of every resource type the control plane serves.
 pub mod type_url {

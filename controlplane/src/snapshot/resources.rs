@@ -110,9 +110,10 @@ pub fn load_assignment(service: &Service) -> VersionedResource {
     )
 }
 
-/// The mesh-wide policy bundle.
-pub fn policy_bundle(policy: &config::PolicyBundle) -> VersionedResource {
-    let bundle = mw::PolicyBundle {
+/// The mesh-wide policy bundle as the `meshward.v1.PolicyBundle` message
+/// (also used by tests and benchmarks that compile the bundle directly).
+pub fn policy_bundle_message(policy: &config::PolicyBundle) -> mw::PolicyBundle {
+    mw::PolicyBundle {
         name: POLICY_BUNDLE_NAME.to_string(),
         revision: policy.revision.clone(),
         modules: policy
@@ -125,8 +126,15 @@ pub fn policy_bundle(policy: &config::PolicyBundle) -> VersionedResource {
             .collect(),
         data_json: policy.data.to_string(),
         decision: policy.decision.clone(),
-    };
-    VersionedResource::from_encoded(type_url::POLICY_BUNDLE, bundle.encode_to_vec())
+    }
+}
+
+/// The mesh-wide policy bundle resource.
+pub fn policy_bundle(policy: &config::PolicyBundle) -> VersionedResource {
+    VersionedResource::from_encoded(
+        type_url::POLICY_BUNDLE,
+        policy_bundle_message(policy).encode_to_vec(),
+    )
 }
 
 /// One agent's registry entry, named by its SPIFFE ID.

@@ -116,20 +116,34 @@ impl Shared {
     }
 }
 
+/// The next connection, or `None` once `stop` is cancelled. Accept errors
+/// (out of file descriptors and the like) are logged and retried after a
+/// short pause instead of spinning.
+async fn accept(
+    listener: &TcpListener,
+    name: &str,
+    stop: &CancellationToken,
+) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => return Some(a),
+                Err(e) => {
+                    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                    tracing::warn!(dataplane = %name, "accept on {addr} failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
 /// Serves plain HTTP/1.1 and h2c (prior knowledge) from the local agent.
 pub async fn serve_outbound(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
     loop {
-        let (tcp, remote) = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(dataplane = %shared.name, "outbound accept failed: {e}");
-                    // Out of file descriptors and the like: back off, don't spin.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let Some((tcp, remote)) = accept(&listener, &shared.name, &stop).await else {
+            return;
         };
         let _ = tcp.set_nodelay(true);
         let local = tcp.local_addr().unwrap_or(remote);
@@ -151,17 +165,8 @@ pub async fn serve_outbound(listener: TcpListener, shared: Arc<Shared>, stop: Ca
 /// before any handshake (fail closed; `/ready` says why).
 pub async fn serve_inbound(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
     loop {
-        let (tcp, remote) = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(dataplane = %shared.name, "inbound accept failed: {e}");
-                    // Out of file descriptors and the like: back off, don't spin.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+        let Some((tcp, remote)) = accept(&listener, &shared.name, &stop).await else {
+            return;
         };
         if let Some(why) = shared.refuse_inbound() {
             tracing::debug!(dataplane = %shared.name, peer = %remote, "inbound connection closed before handshake: {why}");
