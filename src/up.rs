@@ -34,6 +34,10 @@ pub struct UpOptions {
     /// Lifetime of the dev server's SVIDs (they rotate at half of it).
     pub svid_ttl: Duration,
     pub ready_timeout: Duration,
+    /// The host name advertised in service endpoints instead of the
+    /// loopback IP (e.g. `localhost`), so dataplanes resolve it by DNS as
+    /// they would a Kubernetes Service name.
+    pub advertise_host: Option<String>,
 }
 
 impl UpOptions {
@@ -43,6 +47,7 @@ impl UpOptions {
             state_dir: state_dir.into(),
             svid_ttl: Duration::from_secs(3600),
             ready_timeout: Duration::from_secs(30),
+            advertise_host: None,
         }
     }
 }
@@ -175,7 +180,13 @@ impl Up {
         }
         let inbound_addrs: BTreeMap<String, String> = service_ports
             .iter()
-            .map(|(name, ((_, a), _, _))| (name.clone(), a.to_string()))
+            .map(|(name, ((_, a), _, _))| {
+                let addr = match &opts.advertise_host {
+                    Some(host) => format!("{host}:{}", a.port()),
+                    None => a.to_string(),
+                };
+                (name.clone(), addr)
+            })
             .collect();
         let overlay: config::Overlay = Arc::new(move |mesh: &mut Mesh| {
             for svc in mesh.services.values_mut() {

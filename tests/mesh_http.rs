@@ -56,3 +56,41 @@ async fn up_json_describes_what_runs_where() {
     assert_eq!(ready.status(), 200);
     mesh.shutdown().await;
 }
+
+/// Endpoints may be DNS names (Kubernetes Service names): dataplanes resolve
+/// them when they connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dns_name_endpoints_are_resolved_when_connecting() {
+    let mesh = common::TestMesh::start_with_options(
+        |_| {},
+        |opts| opts.advertise_host = Some("localhost".into()),
+    )
+    .await;
+    let admin = mesh.admin("billing-bot");
+    let resp = mesh
+        .http1
+        .get(format!("http://{admin}/config_dump").parse().unwrap())
+        .await
+        .unwrap();
+    let dump = common::answer(resp).await.json();
+    let hello = dump["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "hello-skill")
+        .unwrap()
+        .clone();
+    assert!(
+        hello["endpoints"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("localhost:"),
+        "{hello}"
+    );
+    let a = mesh
+        .call("billing-bot", "GET", "/mcp://hello-skill/by-name", "")
+        .await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(a.json()["path"], "/by-name");
+    mesh.shutdown().await;
+}

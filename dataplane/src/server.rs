@@ -114,6 +114,8 @@ impl AdminSource for Status {
             "usable": self.identity.check().map_err(|e| e.to_string()).err().unwrap_or_else(|| "yes".into()),
             "serial": svid.as_ref().map(|s| s.serial.clone()),
             "not_after": svid.as_ref().map(|s| s.not_after_rfc3339()),
+            "not_after_unix": svid.as_ref().map(|s| s.not_after_unix()),
+            "authority_key_id": svid.as_ref().and_then(|s| s.authority_key_id.clone()),
         });
         let spiffe_id = svid.map(|s| s.spiffe_id);
         match state {

@@ -27,6 +27,30 @@ pub struct MeshState {
     pub versions: BTreeMap<String, String>,
 }
 
+/// Where an inbound dataplane listens: an IP address, or a DNS name that is
+/// resolved when a connection is opened (a Kubernetes Service name), so the
+/// mesh file does not have to pin cluster IPs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    Ip(SocketAddr),
+    Dns { host: String, port: u16 },
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Ip(addr) => addr.fmt(f),
+            Endpoint::Dns { host, port } => write!(f, "{host}:{port}"),
+        }
+    }
+}
+
+impl From<SocketAddr> for Endpoint {
+    fn from(addr: SocketAddr) -> Self {
+        Endpoint::Ip(addr)
+    }
+}
+
 /// One upstream service: where it is, who it must be, how to treat callers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Upstream {
@@ -34,7 +58,7 @@ pub struct Upstream {
     /// The SPIFFE ID the service's inbound dataplane must present.
     pub spiffe_id: String,
     /// Its inbound dataplanes (empty until its endpoints arrive).
-    pub endpoints: Vec<SocketAddr>,
+    pub endpoints: Vec<Endpoint>,
     /// Registry metadata (team, environment, data classification, ...).
     pub metadata: BTreeMap<String, String>,
     /// Per-(caller, upstream) breaker thresholds.

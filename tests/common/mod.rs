@@ -86,13 +86,18 @@ impl TestMesh {
 
     /// Like [`TestMesh::start`], with a chance to edit `mesh.yaml` first.
     pub async fn start_with(edit: impl FnOnce(&mut String)) -> TestMesh {
+        Self::start_with_options(edit, |_| {}).await
+    }
+
+    /// Like [`TestMesh::start_with`], with a chance to adjust [`UpOptions`].
+    pub async fn start_with_options(
+        edit: impl FnOnce(&mut String),
+        options: impl FnOnce(&mut UpOptions),
+    ) -> TestMesh {
         let dir = Self::prepare(edit);
-        let up = Up::start(UpOptions::new(
-            dir.path().join("mesh.yaml"),
-            dir.path().join("state"),
-        ))
-        .await
-        .expect("mesh starts");
+        let mut opts = UpOptions::new(dir.path().join("mesh.yaml"), dir.path().join("state"));
+        options(&mut opts);
+        let up = Up::start(opts).await.expect("mesh starts");
         Self::with_backend(Backend::InProcess(Box::new(up)), dir)
     }
 
@@ -109,12 +114,25 @@ impl TestMesh {
         edit: impl FnOnce(&mut String),
         external: spire::External,
     ) -> Option<TestMesh> {
+        let opts = spire::SpireOptions {
+            external,
+            ..spire::SpireOptions::default()
+        };
+        Self::start_spire_opts(edit, opts).await
+    }
+
+    /// Like [`TestMesh::start_spire_with`], with every [`spire::SpireOptions`]
+    /// (e.g. a short SVID lifetime).
+    pub async fn start_spire_opts(
+        edit: impl FnOnce(&mut String),
+        opts: spire::SpireOptions,
+    ) -> Option<TestMesh> {
         if spire::skip_reason("this SPIRE test").is_some() {
             return None;
         }
         let dir = Self::prepare(edit);
         let path = dir.path().to_path_buf();
-        let mesh = tokio::task::spawn_blocking(move || spire::SpireMesh::start(&path, &external))
+        let mesh = tokio::task::spawn_blocking(move || spire::SpireMesh::start_with(&path, &opts))
             .await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
         Some(Self::with_backend(Backend::Spire(Box::new(mesh)), dir))

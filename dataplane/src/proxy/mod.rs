@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::breaker::Breakers;
 use crate::policy::Direction;
 use crate::ratelimit::RateLimiter;
-use crate::state::{MeshState, Upstream};
+use crate::state::{Endpoint, MeshState, Upstream};
 use pipeline::Arrival;
 
 /// State shared by every request of one dataplane.
@@ -104,7 +104,7 @@ impl Shared {
     }
 
     /// Round-robin over the upstream's endpoints.
-    pub fn pick_endpoint(&self, upstream: &Upstream) -> Option<SocketAddr> {
+    pub fn pick_endpoint(&self, upstream: &Upstream) -> Option<Endpoint> {
         if upstream.endpoints.is_empty() {
             return None;
         }
@@ -112,7 +112,7 @@ impl Shared {
         upstream
             .endpoints
             .get(i % upstream.endpoints.len())
-            .copied()
+            .cloned()
     }
 }
 

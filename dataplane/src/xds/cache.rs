@@ -192,7 +192,7 @@ impl Caches {
     }
 }
 
-fn upstream(spec: &ClusterSpec, endpoints: Vec<std::net::SocketAddr>) -> Upstream {
+fn upstream(spec: &ClusterSpec, endpoints: Vec<crate::state::Endpoint>) -> Upstream {
     Upstream {
         name: spec.name.clone(),
         spiffe_id: spec.spiffe_id.clone(),

@@ -21,7 +21,7 @@ use prost::Message;
 use crate::breaker::BreakerSettings;
 use crate::policy::CompiledPolicy;
 use crate::ratelimit::RateLimitSettings;
-use crate::state::AgentInfo;
+use crate::state::{AgentInfo, Endpoint};
 
 /// `envoy.config.cluster.v3.Cluster`.
 pub const CLUSTER_TYPE_URL: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
@@ -109,7 +109,7 @@ impl Handler for ClusterHandler {
 pub struct EndpointHandler;
 
 impl Handler for EndpointHandler {
-    type Item = Arc<Vec<SocketAddr>>;
+    type Item = Arc<Vec<Endpoint>>;
     const TYPE_URL: &'static str = ENDPOINT_TYPE_URL;
 
     fn validate(name: &str, resource: &Any) -> Result<Self::Item, String> {
@@ -136,10 +136,6 @@ impl Handler for EndpointHandler {
                 if sa.protocol != socket_address::Protocol::Tcp as i32 {
                     return Err(format!("{at}: protocol is not TCP"));
                 }
-                let ip: IpAddr = sa
-                    .address
-                    .parse()
-                    .map_err(|_| format!("{at}: {:?} is not an IP address", sa.address))?;
                 let port = match sa.port_specifier {
                     Some(socket_address::PortSpecifier::PortValue(p)) => u16::try_from(p)
                         .ok()
@@ -147,11 +143,41 @@ impl Handler for EndpointHandler {
                         .ok_or_else(|| format!("{at}: port {p} is out of range"))?,
                     _ => return Err(format!("{at}: no numeric port")),
                 };
-                endpoints.push(SocketAddr::new(ip, port));
+                let endpoint = match sa.address.parse::<IpAddr>() {
+                    Ok(ip) => Endpoint::Ip(SocketAddr::new(ip, port)),
+                    Err(_) if is_dns_name(&sa.address) => Endpoint::Dns {
+                        host: sa.address.clone(),
+                        port,
+                    },
+                    Err(_) => {
+                        return Err(format!(
+                            "{at}: {:?} is neither an IP address nor a DNS name",
+                            sa.address
+                        ));
+                    }
+                };
+                endpoints.push(endpoint);
             }
         }
         Ok(Arc::new(endpoints))
     }
+}
+
+/// RFC 1123 host name: dot-separated labels of letters, digits and inner
+/// hyphens, at most 63 bytes each and 253 in all.
+fn is_dns_name(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+        // All-numeric names are malformed IPv4 addresses, not hosts.
+        && !host.split('.').all(|l| l.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// A compiled bundle and the revision it was compiled from.
@@ -305,13 +331,30 @@ mod tests {
     }
 
     #[test]
-    fn endpoints_must_be_ip_and_port() {
+    fn endpoints_are_ip_or_dns_name_and_port() {
         let ok = EndpointHandler::validate("s", &cla("s", "127.0.0.1", 80));
         assert_eq!(
             ok.map(|e| e.to_vec()),
-            Ok(vec![SocketAddr::from(([127, 0, 0, 1], 80))])
+            Ok(vec![crate::state::Endpoint::Ip(SocketAddr::from((
+                [127, 0, 0, 1],
+                80
+            )))])
         );
-        for (host, port) in [("svc.local", 80), ("127.0.0.1", 0), ("127.0.0.1", 70000)] {
+        let dns = EndpointHandler::validate("s", &cla("s", "hello-skill.meshward.svc", 15006));
+        assert_eq!(
+            dns.map(|e| e.to_vec()),
+            Ok(vec![crate::state::Endpoint::Dns {
+                host: "hello-skill.meshward.svc".into(),
+                port: 15006
+            }])
+        );
+        for (host, port) in [
+            ("127.0.0.1", 0),
+            ("127.0.0.1", 70000),
+            ("999.1.1.1", 80),
+            ("bad_name!", 80),
+            ("-leading.example", 80),
+        ] {
             assert!(
                 EndpointHandler::validate("s", &cla("s", host, port)).is_err(),
                 "{host}:{port}"

@@ -194,7 +194,9 @@ async fn warm_state_arrives_over_mtls() {
     assert_eq!(hello.spiffe_id, HELLO);
     assert_eq!(
         hello.endpoints,
-        vec!["127.0.0.1:7001".parse().unwrap_or_else(|e| panic!("{e}"))]
+        vec![crate::state::Endpoint::Ip(
+            "127.0.0.1:7001".parse().unwrap_or_else(|e| panic!("{e}"))
+        )]
     );
     assert_eq!(
         hello.metadata.get("team").map(String::as_str),
