@@ -1,5 +1,5 @@
-//! Policy evaluation cost: Meshward's per-request path (clone a prepared
-//! regorus engine, evaluate) against recompiling per request, on the
+//! Policy evaluation cost: Meshward's per-request path (a pooled Rego VM running the
+//! compiled bundle) against recompiling per request, on the
 //! reference bundle and the demo's inputs. `benches/policy.sh` runs this and
 //! `opa bench` on the same bundle and inputs and reports the ratio.
 //!
@@ -68,7 +68,7 @@ fn main() -> anyhow::Result<()> {
             black_box(policy.evaluate(black_box(&input))?);
         }
         let prepared = start.elapsed().as_nanos() as f64 / f64::from(iterations);
-        println!("meshward_clone_eval/{case} {prepared:.0}");
+        println!("meshward_eval/{case} {prepared:.0}");
 
         let fresh_iterations = (iterations / 20).max(50);
         let start = Instant::now();

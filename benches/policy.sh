@@ -11,7 +11,7 @@ INPUTS=target/bench-inputs
 out=$(cargo bench --quiet --bench policy -- "$ITER" "$INPUTS")
 echo "$out"
 for case in allow deny; do
-    ours=$(echo "$out" | awk -v c="meshward_clone_eval/$case" '$1==c {print $2}')
+    ours=$(echo "$out" | awk -v c="meshward_eval/$case" '$1==c {print $2}')
     opa_ns=$("$OPA" bench --format json --count 1 --benchmem=false -b policies \
         --input "$INPUTS/$case.json" 'data.meshward.authz.decision' |
         python3 -c "import json,sys; r=json.load(sys.stdin); print(round(r[\"T\"] / r[\"N\"]))")

@@ -5,16 +5,17 @@
 package meshward.agent_types
 
 import data.meshward.config
-import data.meshward.services
+
+# data.meshward.services is referenced by its full path: see authz.rego.
 
 agent_type := input.meshward.caller.attributes.type
 
 deny contains msg if {
-	services.classification in config.agent_types[agent_type].denied_classifications
-	msg := sprintf("%s agents may not reach %s services (%s)", [agent_type, services.classification, services.name])
+	data.meshward.services.classification in config.agent_types[agent_type].denied_classifications
+	msg := sprintf("%s agents may not reach %s services (%s)", [agent_type, data.meshward.services.classification, data.meshward.services.name])
 }
 
 grant contains msg if {
-	services.name in config.agent_types[agent_type].allowed_services
-	msg := sprintf("%s agents may reach %s", [agent_type, services.name])
+	data.meshward.services.name in config.agent_types[agent_type].allowed_services
+	msg := sprintf("%s agents may reach %s", [agent_type, data.meshward.services.name])
 }

@@ -6,21 +6,22 @@
 package meshward.teams
 
 import data.meshward.config
-import data.meshward.services
+
+# data.meshward.services is referenced by its full path: see authz.rego.
 
 team := input.meshward.caller.attributes.team
 
 deny contains msg if {
-	services.name in config.teams[team].denied_services
-	msg := sprintf("%s agents may not reach %s", [team, services.name])
+	data.meshward.services.name in config.teams[team].denied_services
+	msg := sprintf("%s agents may not reach %s", [team, data.meshward.services.name])
 }
 
 grant contains msg if {
-	team == services.service.metadata.team
-	msg := sprintf("%s is owned by the caller's team %s", [services.name, team])
+	team == data.meshward.services.service.metadata.team
+	msg := sprintf("%s is owned by the caller's team %s", [data.meshward.services.name, team])
 }
 
 grant contains msg if {
-	services.name in config.teams[team].allowed_services
-	msg := sprintf("%s agents may reach %s", [team, services.name])
+	data.meshward.services.name in config.teams[team].allowed_services
+	msg := sprintf("%s agents may reach %s", [team, data.meshward.services.name])
 }

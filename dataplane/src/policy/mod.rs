@@ -9,8 +9,10 @@
 //!   OPA-Envoy run unchanged, plus `input.meshward` with the caller's registry
 //!   facts.
 //! - [`engine`] compiles a [`PolicyBundle`](meshward_proto::meshward::v1::PolicyBundle)
-//!   once per revision and evaluates requests on clones of the prepared engine,
-//!   because a fresh engine per request is several times slower.
+//!   once per revision into a program for regorus's Rego VM and evaluates
+//!   requests on pooled VMs, because walking the syntax tree per request is
+//!   several times slower (bundles the VM cannot compile fall back to the
+//!   interpreter).
 //! - [`decision`] reads the decision rule's value with opa-envoy-plugin's
 //!   contract (a bool, or an object with `allowed`, `headers`, ...). Anything
 //!   it cannot read is an error, and every error denies: the policy layer
