@@ -159,7 +159,11 @@ fn kubernetes_mesh_file_validates_with_the_bundle_where_the_manifests_mount_it()
     let dir = tempfile::tempdir().unwrap();
     let mesh_dir = dir.path().join("mesh");
     std::fs::create_dir_all(&mesh_dir).unwrap();
-    std::fs::copy(repo().join("deploy/k8s/mesh.yaml"), mesh_dir.join("mesh.yaml")).unwrap();
+    std::fs::copy(
+        repo().join("deploy/k8s/mesh.yaml"),
+        mesh_dir.join("mesh.yaml"),
+    )
+    .unwrap();
     copy_tree(&repo().join("policies"), &dir.path().join("policies"));
     let out = Command::new(BIN)
         .arg("validate")

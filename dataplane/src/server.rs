@@ -107,7 +107,9 @@ impl AdminSource for Status {
 
     fn config_dump(&self) -> serde_json::Value {
         let state = self.state.borrow().clone();
-        let svid = self.identity.source().and_then(|s| s.last_svid());
+        let source = self.identity.source();
+        let svid = source.as_ref().and_then(|s| s.last_svid());
+        let bundles = source.as_ref().map(|s| s.bundle_authorities());
         let identity = serde_json::json!({
             "endpoint": self.identity.endpoint(),
             "workload_api": format!("{:?}", self.identity.link()),
@@ -116,6 +118,7 @@ impl AdminSource for Status {
             "not_after": svid.as_ref().map(|s| s.not_after_rfc3339()),
             "not_after_unix": svid.as_ref().map(|s| s.not_after_unix()),
             "authority_key_id": svid.as_ref().and_then(|s| s.authority_key_id.clone()),
+            "bundle_authorities": bundles,
         });
         let spiffe_id = svid.map(|s| s.spiffe_id);
         match state {

@@ -317,6 +317,48 @@ pub fn leaf_not_after(der: &[u8]) -> Option<SystemTime> {
     Some(UNIX_EPOCH + Duration::from_secs(secs))
 }
 
+/// The authority key identifier of a DER certificate, lowercase hex: the
+/// subject key identifier of the CA that signed it. SPIRE names its X.509
+/// authorities by that value (`spire-server localauthority x509 show`), so
+/// this tells which authority issued an SVID, e.g. across a CA rotation.
+pub fn leaf_authority_key_id(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    authority_key_id(&cert)
+}
+
+/// The subject key identifier of a DER certificate, lowercase hex; for a
+/// CA in a trust bundle this is SPIRE's authority ID.
+pub fn subject_key_id(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    cert.extensions()
+        .iter()
+        .find_map(|ext| match ext.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(ski) => Some(hex(ski.0)),
+            _ => None,
+        })
+}
+
+/// The serial number of a DER certificate, lowercase hex (as [`SvidInfo::serial`]).
+pub fn leaf_serial(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(hex(cert.raw_serial()))
+}
+
+fn authority_key_id(cert: &x509_parser::certificate::X509Certificate<'_>) -> Option<String> {
+    cert.extensions()
+        .iter()
+        .find_map(|ext| match ext.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                aki.key_identifier.as_ref().map(|k| hex(k.0))
+            }
+            _ => None,
+        })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Facts about one X509-SVID, parsed once per SVID.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SvidInfo {
@@ -326,23 +368,27 @@ pub struct SvidInfo {
     pub serial: String,
     /// The leaf's `notAfter`.
     pub not_after: SystemTime,
+    /// The leaf's authority key identifier, lowercase hex: which CA signed
+    /// it (SPIRE's authority ID), if the leaf names it.
+    pub authority_key_id: Option<String>,
 }
 
 impl SvidInfo {
     fn parse(svid: &X509Svid) -> Self {
         let mut serial = String::new();
         let mut not_after = UNIX_EPOCH;
+        let mut authority = None;
         if let Ok((_, cert)) = x509_parser::parse_x509_certificate(svid.leaf().as_bytes()) {
-            for b in cert.raw_serial() {
-                serial.push_str(&format!("{b:02x}"));
-            }
+            serial = hex(cert.raw_serial());
             if let Ok(secs) = u64::try_from(cert.validity().not_after.timestamp()) {
                 not_after = UNIX_EPOCH + Duration::from_secs(secs);
             }
+            authority = authority_key_id(&cert);
         }
         Self {
             spiffe_id: svid.spiffe_id().to_string(),
             serial,
+            authority_key_id: authority,
             not_after,
         }
     }
@@ -667,6 +713,25 @@ impl IdentitySource {
     /// The Workload API connection as last observed.
     pub fn link(&self) -> WorkloadApiLink {
         self.inner.signals.link.borrow().clone()
+    }
+
+    /// The X.509 authorities of every trust bundle currently held, by
+    /// trust domain, each as its subject key identifier (lowercase hex,
+    /// SPIRE's authority ID): shows a CA rotation reaching this workload
+    /// (new CA added, old one removed).
+    pub fn bundle_authorities(&self) -> std::collections::BTreeMap<String, Vec<String>> {
+        let mut out = std::collections::BTreeMap::new();
+        if let Ok(set) = self.inner.source.bundle_set() {
+            for (td, bundle) in set.iter() {
+                let ids = bundle
+                    .authorities()
+                    .iter()
+                    .map(|c| subject_key_id(c.as_bytes()).unwrap_or_else(|| "unknown".into()))
+                    .collect();
+                out.insert(td.to_string(), ids);
+            }
+        }
+        out
     }
 
     /// The SPIFFE ID of the current SVID, e.g. `spiffe://example.org/agent/a`.

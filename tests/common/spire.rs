@@ -73,10 +73,34 @@ pub fn skip_reason(what: &str) -> Option<String> {
     Some(reason)
 }
 
-/// A loopback port that was free a moment ago.
+/// Where [`free_port`] looks: below Linux's ephemeral range (32768–60999),
+/// so the port cannot be taken meanwhile by an outgoing connection's local
+/// port (the kernel picks those from the ephemeral range, and a busy test
+/// makes many), which `bind(:0)` ports would be exposed to.
+const PORTS: std::ops::Range<u16> = 20000..32000;
+
+/// A loopback port that was free a moment ago, for a process that binds it
+/// itself. Each test process walks its own stretch of [`PORTS`] (offset by
+/// its pid) and never hands out a port twice, so parallel tests and test
+/// binaries do not race for the same one.
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-    l.local_addr().expect("local addr").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let span = u32::from(PORTS.end - PORTS.start);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % span,
+        Ordering::AcqRel,
+        Ordering::Acquire,
+    );
+    for _ in 0..span {
+        let offset = NEXT.fetch_add(1, Ordering::AcqRel) % span;
+        let port = PORTS.start + u16::try_from(offset).unwrap_or(0);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {PORTS:?}");
 }
 
 /// A unix user for a workload: created when missing; returns (uid, gid).
@@ -242,6 +266,15 @@ pub struct External {
     pub services: BTreeSet<String>,
 }
 
+/// How [`SpireMesh::start_with`] sets SPIRE up.
+#[derive(Debug, Clone, Default)]
+pub struct SpireOptions {
+    pub external: External,
+    /// X509-SVID lifetime of every entry (`meshward spire entries
+    /// --x509-svid-ttl`), in seconds; `None` is the server default (1h).
+    pub x509_svid_ttl: Option<u32>,
+}
+
 /// SPIRE server + agent on loopback.
 pub struct Spire {
     pub dir: PathBuf,
@@ -260,7 +293,8 @@ impl Spire {
         spire_bin_dir().join(name)
     }
 
-    fn server_cmd(&self, args: &[&str]) -> std::process::Output {
+    /// Runs `spire-server <args> -socketPath <server socket>`.
+    pub fn server_cmd(&self, args: &[&str]) -> std::process::Output {
         let mut cmd = Command::new(Self::bin("spire-server"));
         cmd.args(args).arg("-socketPath").arg(&self.server_socket);
         cmd.output().expect("run spire-server")
@@ -382,6 +416,63 @@ impl Spire {
         self.agent = Some(agent);
     }
 
+    /// Kills the agent (SIGKILL, as a crash or an OOM kill would) and waits
+    /// for it to be gone. Its socket file stays behind, as it would.
+    pub fn stop_agent(&mut self) {
+        drop(self.agent.take());
+    }
+
+    pub fn agent_running(&self) -> bool {
+        self.agent.is_some()
+    }
+
+    /// Starts the agent again. Its keys were in memory (`KeyManager
+    /// "memory"`), so it attests afresh with a new join token: a restarted
+    /// node, same node alias, same workload entries.
+    pub fn restart_agent(&mut self) {
+        self.stop_agent();
+        let data = self.dir.join("agent-data");
+        let _ = fs::remove_dir_all(&data);
+        fs::create_dir_all(&data).expect("create agent-data");
+        self.start_agent();
+    }
+
+    /// `spire-server <args> -output json`, parsed; panics with the output
+    /// when the command fails.
+    pub fn server_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["-output", "json"]);
+        let out = self.server_cmd(&all);
+        assert!(
+            out.status.success(),
+            "spire-server {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "spire-server {args:?}: not JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// The X.509 CAs in the trust domain's bundle (`spire-server bundle
+    /// show`), as authority IDs (subject key identifiers, lowercase hex).
+    pub fn bundle_authority_ids(&self) -> Vec<String> {
+        use rustls::pki_types::CertificateDer;
+        use rustls::pki_types::pem::PemObject;
+        let out = self.server_cmd(&["bundle", "show"]);
+        assert!(out.status.success(), "bundle show: {out:?}");
+        CertificateDer::pem_slice_iter(&out.stdout)
+            .map(|c| {
+                let der = c.expect("bundle show prints PEM certificates");
+                meshward_spire::identity::subject_key_id(der.as_ref())
+                    .expect("a CA certificate has a subject key identifier")
+            })
+            .collect()
+    }
+
     /// `SPIFFE_ENDPOINT_SOCKET` for workloads.
     pub fn endpoint(&self) -> String {
         format!("unix:{}", self.agent_socket.display())
@@ -451,6 +542,18 @@ impl SpireMesh {
     /// next to it). `dir` must be short (socket paths) and is opened up for
     /// the workload users.
     pub fn start(dir: &Path, external: &External) -> SpireMesh {
+        Self::start_with(
+            dir,
+            &SpireOptions {
+                external: external.clone(),
+                ..SpireOptions::default()
+            },
+        )
+    }
+
+    /// [`SpireMesh::start`] with more [`SpireOptions`].
+    pub fn start_with(dir: &Path, opts: &SpireOptions) -> SpireMesh {
+        let external = &opts.external;
         let config = dir.join("mesh.yaml");
         let mesh = meshward_controlplane::config::load(&config)
             .unwrap_or_else(|e| panic!("test mesh.yaml invalid: {e:?}"));
@@ -487,7 +590,12 @@ impl SpireMesh {
 
         let mut spire = Spire::start_server(dir, &mesh.trust_domain, "1h");
         // Entries before the agent starts: its first sync has them all.
-        let entries_report = spire.apply_entries(&config, &[]);
+        let ttl = opts.x509_svid_ttl.map(|t| t.to_string());
+        let ttl_args: Vec<&str> = match &ttl {
+            Some(t) => vec!["--x509-svid-ttl", t],
+            None => vec![],
+        };
+        let entries_report = spire.apply_entries(&config, &ttl_args);
         spire.start_agent();
         let logs = spire.dir.join("logs");
         let cp_id = meshward::spire_entries::controlplane_id(&mesh.trust_domain);
@@ -573,10 +681,346 @@ impl SpireMesh {
         self.procs.last_mut().expect("just pushed")
     }
 
+    /// Starts one more `meshward dataplane` process as mesh member
+    /// `member`'s user (node name `node`, `extra` listener arguments) with
+    /// an admin port of its own, returned. It is killed with the mesh.
+    pub fn spawn_dataplane(&mut self, member: &str, node: &str, extra: &[String]) -> String {
+        let admin = format!("127.0.0.1:{}", free_port());
+        let cp_id = meshward::spire_entries::controlplane_id(&self.spire.trust_domain);
+        let mut cmd = self.spire.workload_command(member, MESHWARD);
+        cmd.args([
+            "dataplane",
+            "--name",
+            node,
+            "--xds",
+            &self.addresses.xds,
+            "--xds-spiffe-id",
+            &cp_id,
+            "--admin",
+            &admin,
+        ])
+        .args(extra);
+        let proc = spawn(&self.spire.dir.join("logs"), node, cmd);
+        self.procs.push(proc);
+        admin
+    }
+
+    /// The log of the process named `name` (its last lines).
+    pub fn log_tail(&self, name: &str) -> String {
+        self.procs
+            .iter()
+            .find(|p| p.name == name)
+            .map(Proc::log_tail)
+            .unwrap_or_else(|| format!("no process {name}"))
+    }
+
+    /// The whole log of the process named `name`.
+    pub fn log(&self, name: &str) -> String {
+        self.procs
+            .iter()
+            .find(|p| p.name == name)
+            .and_then(|p| fs::read_to_string(&p.log).ok())
+            .unwrap_or_default()
+    }
+
+    /// The pid of the process named `name` (to show it was not restarted).
+    pub fn pid(&self, name: &str) -> Option<u32> {
+        self.procs.iter().find(|p| p.name == name).map(Proc::id)
+    }
+
     /// Panics (with logs) if any process of the mesh has died.
     pub fn assert_running(&mut self) {
         for p in &mut self.procs {
             p.assert_running();
+        }
+    }
+}
+
+/// One GET over HTTP/1.1 (fresh connection); status and body.
+pub async fn get(url: &str) -> Result<(u16, String), String> {
+    use http_body_util::BodyExt;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let uri: http::Uri = url.parse().map_err(|e| format!("{url}: {e}"))?;
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.get(uri))
+        .await
+        .map_err(|_| format!("GET {url}: no answer within 10s"))?
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("GET {url}: body: {e}"))?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// An admin endpoint's `path`: status and body (panics if nothing answers).
+pub async fn admin(addr: &str, path: &str) -> (u16, String) {
+    get(&format!("http://{addr}{path}"))
+        .await
+        .unwrap_or_else(|e| panic!("admin {addr}{path}: {e}"))
+}
+
+/// Polls `check` every 50 ms until it yields `Some`; panics with `what`
+/// and the last observation after `within`.
+pub async fn poll<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(last) => assert!(
+                Instant::now() < deadline,
+                "{what}: not within {within:?}; last: {last}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The sum of the Prometheus series `name` whose labels include every
+/// pair of `labels`; 0 when there is none (counters start absent).
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A certificate a server presented in a handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leaf {
+    pub serial: String,
+    /// Which CA signed it (SPIRE's authority ID).
+    pub authority_key_id: Option<String>,
+    pub not_after: std::time::SystemTime,
+}
+
+/// The test process as a workload of its own: uid 0 is registered as
+/// `spiffe://<td>/meshward/test-probe`, so it gets an SVID from the SPIRE
+/// agent like any workload and can complete mTLS handshakes with the mesh's
+/// listeners to see which certificate a *new* connection is served.
+pub struct Probe {
+    pub spiffe_id: String,
+    pub identity: meshward_spire::IdentitySource,
+}
+
+impl Probe {
+    /// Creates the entry (with `ttl` seconds, if given) and waits for the SVID.
+    pub async fn register(spire: &Spire, ttl: Option<u32>) -> Probe {
+        let spiffe_id = format!("spiffe://{}/meshward/test-probe", spire.trust_domain);
+        let ttl = ttl.map(|t| t.to_string());
+        let mut args = vec![
+            "entry",
+            "create",
+            "-parentID",
+            &spire.node_id,
+            "-spiffeID",
+            &spiffe_id,
+            "-selector",
+            "unix:uid:0",
+        ];
+        if let Some(t) = &ttl {
+            args.extend(["-x509SVIDTTL", t]);
+        }
+        let out = tokio::task::block_in_place(|| spire.server_cmd(&args));
+        assert!(out.status.success(), "probe entry: {out:?}");
+        let identity = meshward_spire::IdentitySource::connect(&spire.endpoint(), READY)
+            .await
+            .unwrap_or_else(|e| panic!("probe SVID: {e}"));
+        Probe {
+            spiffe_id,
+            identity,
+        }
+    }
+
+    /// A fresh mTLS handshake with `addr`, requiring the server to prove
+    /// `expected`; the leaf it presented.
+    pub async fn peer_leaf(&self, addr: &str, expected: &str) -> Result<Leaf, String> {
+        let config = meshward_spire::tls::client_config(&self.identity, Some(expected), &[b"h2"])
+            .map_err(|e| e.to_string())?;
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        let tls = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_rustls::TlsConnector::from(config)
+                .connect(meshward_spire::server_name_for(expected), tcp),
+        )
+        .await
+        .map_err(|_| format!("handshake with {addr} timed out"))?
+        .map_err(|e| format!("handshake with {addr}: {e}"))?;
+        let leaf = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .ok_or_else(|| format!("{addr} presented no certificate"))?;
+        let der = leaf.as_ref();
+        Ok(Leaf {
+            serial: meshward_spire::identity::leaf_serial(der).unwrap_or_default(),
+            authority_key_id: meshward_spire::identity::leaf_authority_key_id(der),
+            not_after: meshward_spire::identity::leaf_not_after(der)
+                .unwrap_or(std::time::UNIX_EPOCH),
+        })
+    }
+}
+
+/// What a [`Load`] saw.
+#[derive(Debug)]
+pub struct LoadReport {
+    pub ok: u64,
+    pub failed: u64,
+    /// The first few failures, described.
+    pub errors: Vec<String>,
+    pub elapsed: Duration,
+}
+
+impl LoadReport {
+    pub fn rps(&self) -> f64 {
+        #[allow(clippy::cast_precision_loss)]
+        let n = (self.ok + self.failed) as f64;
+        n / self.elapsed.as_secs_f64().max(1e-3)
+    }
+}
+
+/// Continuous, paced GET load from concurrent client tasks (each with its
+/// own keep-alive connection) against one URL, until stopped or `limit`
+/// elapses. Anything but a 200 within 10 s counts as a failure.
+pub struct Load {
+    stop: tokio_util::sync::CancellationToken,
+    ok: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    failed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    errors: std::sync::Arc<Mutex<Vec<String>>>,
+    started: Instant,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    pub fn start(url: &str, workers: usize, per_worker_rps: u32, limit: Duration) -> Load {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let stop = tokio_util::sync::CancellationToken::new();
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let errors = Arc::new(Mutex::new(Vec::new()));
+        let started = Instant::now();
+        let period = Duration::from_secs(1) / per_worker_rps.max(1);
+        let tasks = (0..workers)
+            .map(|_| {
+                let (stop, ok, failed, errors) =
+                    (stop.clone(), ok.clone(), failed.clone(), errors.clone());
+                let url = url.to_string();
+                tokio::spawn(async move {
+                    use http_body_util::BodyExt;
+                    let client: hyper_util::client::legacy::Client<
+                        _,
+                        http_body_util::Empty<bytes::Bytes>,
+                    > = hyper_util::client::legacy::Client::builder(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .build_http();
+                    let mut tick = tokio::time::interval(period);
+                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    let deadline = tokio::time::Instant::now() + limit;
+                    loop {
+                        tokio::select! {
+                            () = stop.cancelled() => return,
+                            () = tokio::time::sleep_until(deadline) => return,
+                            _ = tick.tick() => {}
+                        }
+                        let uri: http::Uri = match url.parse() {
+                            Ok(u) => u,
+                            Err(e) => panic!("load url {url}: {e}"),
+                        };
+                        let outcome = async {
+                            let resp = client.get(uri).await.map_err(|e| format!("{e:?}"))?;
+                            let status = resp.status();
+                            let body = resp
+                                .into_body()
+                                .collect()
+                                .await
+                                .map_err(|e| format!("body: {e}"))?
+                                .to_bytes();
+                            if status == http::StatusCode::OK {
+                                Ok(())
+                            } else {
+                                Err(format!("{status}: {}", String::from_utf8_lossy(&body)))
+                            }
+                        };
+                        match tokio::time::timeout(Duration::from_secs(10), outcome).await {
+                            Ok(Ok(())) => {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(Err(e)) => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                let mut errs = errors.lock().unwrap_or_else(|p| p.into_inner());
+                                if errs.len() < 10 {
+                                    errs.push(e);
+                                }
+                            }
+                            Err(_) => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                                let mut errs = errors.lock().unwrap_or_else(|p| p.into_inner());
+                                if errs.len() < 10 {
+                                    errs.push("no answer within 10s".into());
+                                }
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failed,
+            errors,
+            started,
+            tasks,
+        }
+    }
+
+    /// (succeeded, failed) so far.
+    pub fn counts(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering;
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Stops the clients (requests in flight finish) and reports.
+    pub async fn finish(self) -> LoadReport {
+        self.stop.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let (ok, failed) = (
+            self.ok.load(std::sync::atomic::Ordering::Relaxed),
+            self.failed.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        let errors = self
+            .errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        LoadReport {
+            ok,
+            failed,
+            errors,
+            elapsed: self.started.elapsed(),
         }
     }
 }
