@@ -93,3 +93,53 @@ async fn inbound_refuses_peers_without_a_valid_svid() {
     );
     mesh.shutdown().await;
 }
+
+/// An h2 connection does not outlive the client certificate that opened it:
+/// once the peer's SVID expires, the inbound dataplane closes the connection
+/// (GOAWAY) and further requests on it fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_closes_connections_when_the_peer_certificate_expires() {
+    let mesh = TestMesh::start().await;
+    let addr = mesh.inbound("hello-skill");
+    let ca = mesh.up().identity_server().test_ca();
+    let short = ca.issue(SUPPORT_TRIAGE, Duration::from_secs(3)).unwrap();
+    let not_after = meshward_spire::identity::leaf_not_after(&short.chain[0]).unwrap();
+
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config(&short))
+        .connect(ServerName::try_from("meshward.invalid").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let request = || {
+        http::Request::get(format!("https://{addr}/hello"))
+            .body(Empty::<Bytes>::new())
+            .unwrap()
+    };
+    let resp = send
+        .send_request(request())
+        .await
+        .expect("valid certificate is served");
+    assert_eq!(resp.status(), 200);
+
+    // The connection ends by itself shortly after the certificate expires.
+    let deadline = not_after + Duration::from_secs(5);
+    let left = deadline
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or_default();
+    let ended = tokio::time::timeout(left, conn).await;
+    assert!(
+        ended.is_ok(),
+        "connection still open 5s after the peer certificate expired"
+    );
+    assert!(
+        std::time::SystemTime::now() >= not_after,
+        "closed before expiry"
+    );
+    assert!(send.send_request(request()).await.is_err());
+    mesh.shutdown().await;
+}

@@ -155,7 +155,13 @@ pub async fn serve_outbound(listener: TcpListener, shared: Arc<Shared>, stop: Ca
             remote_addr: remote,
             local_addr: local,
         };
-        tokio::spawn(serve_connection(TokioIo::new(tcp), arrival, shared, stop));
+        tokio::spawn(serve_connection(
+            TokioIo::new(tcp),
+            arrival,
+            shared,
+            stop,
+            None,
+        ));
     }
 }
 
@@ -197,10 +203,14 @@ pub async fn serve_inbound(listener: TcpListener, shared: Arc<Shared>, stop: Can
                     return;
                 }
             };
-            let peer = tls
-                .get_ref()
-                .1
-                .peer_certificates()
+            let certs = tls.get_ref().1.peer_certificates();
+            // The connection may not outlive the certificate that opened it:
+            // an h2 connection is long-lived, and an expired peer must not
+            // keep sending requests on it.
+            let peer_expiry = certs
+                .and_then(|c| c.first())
+                .and_then(|leaf| meshward_spire::identity::leaf_not_after(leaf));
+            let peer = certs
                 .ok_or_else(|| {
                     meshward_spire::IdentityError::PeerCertificate("no client certificate".into())
                 })
@@ -218,21 +228,27 @@ pub async fn serve_inbound(listener: TcpListener, shared: Arc<Shared>, stop: Can
                 remote_addr: remote,
                 local_addr: local,
             };
-            serve_connection(TokioIo::new(tls), arrival, shared, stop).await;
+            serve_connection(TokioIo::new(tls), arrival, shared, stop, peer_expiry).await;
         });
     }
 }
 
-/// Serves HTTP/1.1 or h2 (auto-detected) on one accepted connection.
+/// Serves HTTP/1.1 or h2 (auto-detected) on one accepted connection, until
+/// the client closes it, the dataplane stops, or `close_at` (the peer
+/// certificate's expiry) passes: then the connection is shut down gracefully
+/// (h2 GOAWAY, in-flight requests finish) and the peer must handshake again
+/// with a valid SVID.
 async fn serve_connection<I>(
     io: TokioIo<I>,
     arrival: Arrival,
     shared: Arc<Shared>,
     stop: CancellationToken,
+    close_at: Option<std::time::SystemTime>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let remote = arrival.remote_addr;
+    let name = shared.name.clone();
     let svc = service_fn(move |req| {
         let shared = shared.clone();
         let arrival = arrival.clone();
@@ -240,10 +256,27 @@ async fn serve_connection<I>(
     });
     let builder = auto::Builder::new(TokioExecutor::new());
     let conn = builder.serve_connection(io, svc);
+    tokio::pin!(conn);
+    let expiry = async {
+        match close_at {
+            Some(at) => {
+                let left = at
+                    .duration_since(std::time::SystemTime::now())
+                    .unwrap_or_default();
+                tokio::time::sleep(left).await
+            }
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
-        res = conn => if let Err(e) = res {
+        res = conn.as_mut() => if let Err(e) = res {
             tracing::debug!("connection from {remote} ended: {e}");
         },
+        _ = expiry => {
+            tracing::info!(dataplane = %name, peer = %remote, "peer certificate expired; closing its connection");
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
+        }
         _ = stop.cancelled() => {}
     }
 }
