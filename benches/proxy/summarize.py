@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""Results of benches/proxy.sh: one JSON line per h2load run, and the report.
+
+  summarize.py case <target> <proto> <concurrency> <h2load stdout> <h2load --log-file>
+      prints one JSON object: rps, mean/p50/p99 latency (µs), request counts,
+      and (from CPU_SECONDS, SPAN in the environment) server CPU per request.
+      Percentiles come from h2load's per-request log (h2load itself prints
+      min/max/mean/sd only).
+  summarize.py report <cases.jsonl>
+      prints the markdown table and the ratios Meshward/Envoy, Meshward/direct.
+"""
+
+import json
+import os
+import re
+import sys
+
+UNITS = {"us": 1.0, "ms": 1000.0, "s": 1_000_000.0}
+
+
+def duration_us(text):
+    m = re.fullmatch(r"([0-9.]+)(us|ms|s)", text)
+    if not m:
+        raise ValueError(f"not an h2load duration: {text!r}")
+    return float(m.group(1)) * UNITS[m.group(2)]
+
+
+def percentile(sorted_values, p):
+    if not sorted_values:
+        return float("nan")
+    # Nearest rank.
+    rank = max(1, int(round(p / 100.0 * len(sorted_values) + 0.5)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+def case(target, proto, conc, out_path, log_path):
+    out = open(out_path, encoding="utf-8", errors="replace").read()
+    m = re.search(r"finished in ([0-9.]+)s, ([0-9.]+) req/s", out)
+    if not m:
+        raise SystemExit(f"{out_path}: no 'finished in' line; h2load said:\n{out}")
+    rps = float(m.group(2))
+    req = re.search(
+        r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, (\d+) timeout",
+        out,
+    )
+    codes = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    mean = re.search(r"time for request:\s+(\S+)\s+(\S+)\s+(\S+)", out)
+    lat = []
+    with open(log_path, encoding="utf-8") as f:
+        for line in f:
+            parts = line.split()
+            # start time (µs since epoch), status, duration (µs)
+            if len(parts) == 3 and parts[1].isdigit() and 200 <= int(parts[1]) < 300:
+                lat.append(float(parts[2]))
+    lat.sort()
+    result = {
+        "target": target,
+        "proto": proto,
+        "concurrency": int(conc),
+        "rps": rps,
+        "mean_us": duration_us(mean.group(3)) if mean else float("nan"),
+        "p50_us": percentile(lat, 50),
+        "p99_us": percentile(lat, 99),
+        "done": int(req.group(3)) if req else 0,
+        "succeeded": int(req.group(4)) if req else 0,
+        "failed": int(req.group(5)) + int(req.group(6)) + int(req.group(7)) if req else 0,
+        "non_2xx": sum(int(codes.group(i)) for i in (2, 3, 4)) if codes else 0,
+        "logged": len(lat),
+    }
+    # Server-side CPU (meshward up + Envoys), measured by proxy.sh over
+    # warm-up + run (SPAN seconds); requests over the span estimated at `rps`.
+    cpu = os.environ.get("CPU_SECONDS")
+    span = os.environ.get("SPAN")
+    if cpu and span and rps > 0:
+        result["server_cpu_cores"] = float(cpu) / float(span)
+        result["cpu_us_per_req"] = float(cpu) * 1e6 / (rps * float(span))
+    print(json.dumps(result))
+
+
+def fmt_us(v):
+    return f"{v / 1000:.2f} ms" if v >= 1000 else f"{v:.0f} µs"
+
+
+def report(path):
+    rows = [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
+    by = {(r["target"], r["proto"], r["concurrency"]): r for r in rows}
+    print("| path | proto | conc | req/s | mean | p50 | p99 | server CPU (cores) | server CPU / req | non-2xx / errors |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(
+            f"| {r['target']} | {r['proto']} | {r['concurrency']} | {r['rps']:.0f} | "
+            f"{fmt_us(r['mean_us'])} | {fmt_us(r['p50_us'])} | {fmt_us(r['p99_us'])} | "
+            f"{r.get('server_cpu_cores', float('nan')):.2f} | {fmt_us(r.get('cpu_us_per_req', float('nan')))} | "
+            f"{r['non_2xx']} / {r['failed']} |"
+        )
+    print()
+    print("| proto | conc | req/s Meshward/Envoy | req/s Meshward/direct | p50 Meshward/Envoy | p99 Meshward/Envoy | CPU/req Meshward/Envoy |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    keys = sorted({(r["proto"], r["concurrency"]) for r in rows}, key=lambda k: (k[0] != "h1", k[1]))
+    for proto, conc in keys:
+        mw = by.get(("meshward", proto, conc))
+        ev = by.get(("envoy", proto, conc))
+        di = by.get(("direct", proto, conc))
+        if not mw:
+            continue
+
+        def ratio(a, b, field):
+            return f"{a[field] / b[field]:.2f}" if a and b and b.get(field) and a.get(field) else "n/a"
+
+        print(
+            f"| {proto} | {conc} | {ratio(mw, ev, 'rps')} | {ratio(mw, di, 'rps')} | "
+            f"{ratio(mw, ev, 'p50_us')} | {ratio(mw, ev, 'p99_us')} | {ratio(mw, ev, 'cpu_us_per_req')} |"
+        )
+
+
+def main(argv):
+    if len(argv) == 7 and argv[1] == "case":
+        case(*argv[2:])
+    elif len(argv) == 3 and argv[1] == "report":
+        report(argv[2])
+    else:
+        print(__doc__, file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
