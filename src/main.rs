@@ -13,6 +13,12 @@ use meshward::{Up, UpOptions, telemetry};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+/// mimalloc instead of glibc malloc: the request path allocates on every
+/// worker thread, and glibc's arenas cost ~30% of the proxy's CPU under load
+/// (see benches/RESULTS.md, "Proxy path").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "meshward",
