@@ -157,7 +157,12 @@ fn assert_no_failures(what: &str, report: &LoadReport) {
 
 fn panic_on_failures(load: &Load, what: &str) {
     let (ok, failed) = load.counts();
-    assert_eq!(failed, 0, "{what}: requests failed ({ok} ok so far)");
+    assert_eq!(
+        failed,
+        0,
+        "{what}: requests failed ({ok} ok so far); first: {:#?}",
+        load.errors()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

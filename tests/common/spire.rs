@@ -1001,6 +1001,14 @@ impl Load {
         )
     }
 
+    /// The first failures seen so far, described.
+    pub fn errors(&self) -> Vec<String> {
+        self.errors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Stops the clients (requests in flight finish) and reports.
     pub async fn finish(self) -> LoadReport {
         self.stop.cancel();

@@ -39,6 +39,13 @@ use super::body::ProxyBody;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Pauses before retrying a refused mTLS handshake (see [`MtlsConnector`]).
+const HANDSHAKE_RETRIES: [Duration; 3] = [
+    Duration::from_millis(10),
+    Duration::from_millis(50),
+    Duration::from_millis(200),
+];
+
 /// A pool is retired this long before the earliest certificate of its
 /// connections expires, so no request starts on a connection about to lose
 /// its authentication.
@@ -112,19 +119,34 @@ impl tower::Service<Uri> for MtlsConnector {
                 .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "uri has no authority"))?
                 .as_str()
                 .to_string();
-            let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&authority))
-                .await
-                .map_err(|_| {
-                    io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("connect to {authority} timed out"),
-                    )
-                })??;
-            tcp.set_nodelay(true)?;
             // Peers are verified by SPIFFE ID, not DNS name; SNI is informational.
             let name = ServerName::try_from("meshward.invalid")
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-            let stream = tls.connect(name, tcp).await?;
+            // A handshake can be refused for a moment while either side
+            // applies a rotated SVID or bundle (spiffe-rustls refuses rather
+            // than use material older than its source). No request has been
+            // sent yet, so the connection is simply tried again.
+            let mut attempt = 0;
+            let stream = loop {
+                let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&authority))
+                    .await
+                    .map_err(|_| {
+                        io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!("connect to {authority} timed out"),
+                        )
+                    })??;
+                tcp.set_nodelay(true)?;
+                match tls.connect(name.clone(), tcp).await {
+                    Ok(stream) => break stream,
+                    Err(e) if attempt < HANDSHAKE_RETRIES.len() => {
+                        tracing::debug!(peer = %authority, attempt, "mTLS handshake failed, retrying: {e}");
+                        tokio::time::sleep(HANDSHAKE_RETRIES[attempt]).await;
+                        attempt += 1;
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
             if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
