@@ -118,7 +118,7 @@ pub enum IdentityError {
 }
 
 /// Formats an error with its whole `source()` chain, so messages keep the root cause.
-pub(crate) fn error_chain(err: &(dyn StdError + 'static)) -> String {
+pub fn error_chain(err: &(dyn StdError + 'static)) -> String {
     let mut out = err.to_string();
     let mut cur = err.source();
     while let Some(e) = cur {

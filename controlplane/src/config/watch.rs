@@ -40,15 +40,11 @@ use tokio::sync::watch as channel;
 use tokio::task::JoinHandle;
 
 use super::error::ConfigErrors;
-use super::model::Mesh;
+use super::model::{Mesh, Overlay};
 use super::{attempt, bundle};
 
 /// How often inputs are hashed.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
-
-/// Adjusts every loaded model before it is published (`meshward up` uses it
-/// to replace port-0 placeholders with the ports it bound).
-pub type Overlay = Arc<dyn Fn(&mut Mesh) + Send + Sync>;
 
 /// Loads `path` (failing fast: the control plane refuses to start on an
 /// invalid file), then keeps reloading it in a background task. The task

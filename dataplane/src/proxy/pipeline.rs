@@ -389,7 +389,7 @@ async fn forward(
                     Refusal::Unavailable(format!(
                         "{} ({endpoint}): {}",
                         upstream.name,
-                        error_chain(&e)
+                        meshward_spire::identity::error_chain(&e)
                     ))
                 })
             }
@@ -405,17 +405,6 @@ async fn forward(
         })??;
     let (parts, body) = resp.into_parts();
     Ok(Response::from_parts(parts, boxed(body)))
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
 }
 
 fn build_uri(scheme: &str, authority: &str, path_and_query: &str) -> Result<Uri, Refusal> {
