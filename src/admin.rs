@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use meshward_controlplane::ControlPlaneStatus;
 use meshward_dataplane::admin::{self, AdminSource};
+use meshward_dataplane::listener::{Listener, ListenerKind, ListenerLimits};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -14,6 +15,12 @@ struct ControlPlaneAdmin(ControlPlaneStatus);
 impl AdminSource for ControlPlaneAdmin {
     fn readiness(&self) -> Result<(), String> {
         self.0.readiness()
+    }
+
+    /// The control plane's admin listener follows `mesh.yaml` like the
+    /// dataplanes' do.
+    fn listener_limits(&self) -> ListenerLimits {
+        self.0.mesh().listeners
     }
 
     fn config_dump(&self) -> serde_json::Value {
@@ -45,5 +52,6 @@ pub async fn serve_controlplane(
     metrics: Option<PrometheusHandle>,
     stop: CancellationToken,
 ) {
+    let listener = Listener::new(listener, ListenerKind::Admin, "controlplane");
     admin::serve(listener, Arc::new(ControlPlaneAdmin(status)), metrics, stop).await
 }

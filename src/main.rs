@@ -131,6 +131,7 @@ enum SpireCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init_tracing("info");
+    raise_nofile_limit();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -144,6 +145,16 @@ fn main() -> ExitCode {
             eprintln!("meshward: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Raises the soft limit on open descriptors to the hard limit: every
+/// connection of every listener needs one, and the usual soft limit of 1024
+/// would let one client exhaust them long before the listener caps apply.
+fn raise_nofile_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open file limit raised to the hard limit"),
+        Err(e) => tracing::warn!("cannot raise the open file limit: {e}"),
     }
 }
 

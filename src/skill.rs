@@ -16,6 +16,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
+use meshward_dataplane::listener::{Listener, ListenerKind, ListenerLimits};
 use meshward_proto::meshward::demo::v1::echo_server::{Echo, EchoServer};
 use meshward_proto::meshward::demo::v1::{EchoReply, EchoRequest};
 use tokio::net::TcpListener;
@@ -27,17 +28,13 @@ type SkillBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 /// Serves the echo skill named `name` until `stop` is cancelled.
 pub async fn serve(name: String, listener: TcpListener, stop: CancellationToken) {
     let grpc = tonic::service::Routes::new(EchoServer::new(EchoService { name: name.clone() }));
-    loop {
-        let (tcp, _) = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(skill = %name, "accept failed: {e}");
-                    continue;
-                }
-            },
-        };
+    // The listener's accept backs off on errors (descriptor exhaustion)
+    // instead of spinning; a demo skill takes the default limits.
+    let listener = Listener::new(listener, ListenerKind::Inbound, format!("skill/{name}"));
+    let limits = ListenerLimits::default();
+    while let Some(accepted) = listener.accept(&stop, || limits).await {
+        let tcp = accepted.tcp;
+        let slot = accepted.slot;
         let name = name.clone();
         let grpc = grpc.clone();
         let stop = stop.clone();
@@ -75,6 +72,7 @@ pub async fn serve(name: String, listener: TcpListener, stop: CancellationToken)
                 _ = conn => {}
                 _ = stop.cancelled() => {}
             }
+            drop(slot);
         });
     }
 }

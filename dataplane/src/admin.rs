@@ -1,19 +1,16 @@
 //! The admin endpoint (`/ready`, `/metrics`, `/config_dump`), served on its own
-//! port so probes and scrapes never compete with proxied traffic.
+//! port so probes and scrapes never compete with proxied traffic, within the
+//! same listener limits as the proxy (its own, smaller connection cap).
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::listener::{self, ConnectionOptions, Listener, ListenerKind, ListenerLimits};
 use crate::proxy::body::{ProxyBody, full};
 
 /// What the admin endpoint reports; implemented by the dataplane and the
@@ -23,37 +20,40 @@ pub trait AdminSource: Send + Sync + 'static {
     fn readiness(&self) -> Result<(), String>;
     /// The current configuration as JSON.
     fn config_dump(&self) -> serde_json::Value;
+    /// The listener limits in force (the defaults unless configured).
+    fn listener_limits(&self) -> ListenerLimits {
+        ListenerLimits::default()
+    }
 }
 
 /// Serves the admin endpoint until `stop` is cancelled.
 pub async fn serve(
-    listener: TcpListener,
+    listener: Listener,
     source: Arc<dyn AdminSource>,
     metrics: Option<PrometheusHandle>,
     stop: CancellationToken,
 ) {
-    loop {
-        let (tcp, _) = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!("admin accept failed: {e}");
-                    continue;
-                }
-            },
-        };
+    while let Some(accepted) = listener.accept(&stop, || source.listener_limits()).await {
         let source = source.clone();
         let metrics = metrics.clone();
+        let stop = stop.clone();
+        let owner = listener.owner().to_string();
         tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let source = source.clone();
-                let metrics = metrics.clone();
-                async move { Ok::<_, Infallible>(route(&req, source.as_ref(), metrics.as_ref())) }
-            });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tcp), svc)
-                .await;
+            let _slot = accepted.slot;
+            let opts = ConnectionOptions {
+                limits: source.listener_limits(),
+                accepted_at: accepted.accepted_at,
+                close_at: None,
+                owner: &owner,
+                kind: ListenerKind::Admin,
+                remote: accepted.remote,
+                stop: &stop,
+            };
+            let handler = move |req: Request<Incoming>| {
+                let response = route(&req, source.as_ref(), metrics.as_ref());
+                async move { response }
+            };
+            listener::serve(accepted.tcp, opts, handler).await;
         });
     }
 }

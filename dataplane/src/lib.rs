@@ -9,7 +9,9 @@
 
 pub mod admin;
 pub mod breaker;
+pub mod canonical;
 pub mod identity;
+pub mod listener;
 pub mod policy;
 pub mod proxy;
 pub mod ratelimit;

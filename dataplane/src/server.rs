@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminSource};
+use crate::listener::{Listener, ListenerKind, ListenerLimits};
 use crate::proxy::{self, Shared, upstream::MeshClient};
 use crate::state::MeshState;
 use crate::xds::XdsClientConfig;
@@ -105,6 +106,14 @@ impl AdminSource for Status {
         Ok(())
     }
 
+    fn listener_limits(&self) -> ListenerLimits {
+        self.state
+            .borrow()
+            .as_ref()
+            .map(|s| s.listeners)
+            .unwrap_or_default()
+    }
+
     fn config_dump(&self) -> serde_json::Value {
         let state = self.state.borrow().clone();
         let source = self.identity.source();
@@ -170,7 +179,7 @@ impl Dataplane {
         if let Some(l) = opts.outbound {
             addrs.outbound = l.local_addr().ok();
             tasks.push(tokio::spawn(proxy::serve_outbound(
-                l,
+                Listener::new(l, ListenerKind::Outbound, &name),
                 shared.clone(),
                 stop.clone(),
             )));
@@ -179,7 +188,7 @@ impl Dataplane {
         if let Some(l) = opts.inbound {
             addrs.inbound = l.local_addr().ok();
             tasks.push(tokio::spawn(proxy::serve_inbound(
-                l,
+                Listener::new(l, ListenerKind::Inbound, &name),
                 shared.clone(),
                 stop.clone(),
             )));
@@ -192,7 +201,7 @@ impl Dataplane {
         if let Some(l) = opts.admin {
             addrs.admin = l.local_addr().ok();
             tasks.push(tokio::spawn(admin::serve(
-                l,
+                Listener::new(l, ListenerKind::Admin, &name),
                 status.clone(),
                 opts.metrics,
                 stop.clone(),

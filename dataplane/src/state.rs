@@ -10,6 +10,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+pub use meshward_proto::spec::{ForwardClientCert, ListenerLimits, PathRules};
+
 use crate::breaker::BreakerSettings;
 use crate::policy::CompiledPolicy;
 use crate::ratelimit::RateLimitSettings;
@@ -25,6 +27,8 @@ pub struct MeshState {
     pub policy: Arc<CompiledPolicy>,
     /// Per type URL, the `system_version_info` of the last applied response.
     pub versions: BTreeMap<String, String>,
+    /// Resource limits of this dataplane's listeners.
+    pub listeners: ListenerLimits,
 }
 
 /// Where an inbound dataplane listens: an IP address, or a DNS name that is
@@ -65,6 +69,10 @@ pub struct Upstream {
     pub breaker: BreakerSettings,
     /// The limit the service's inbound side applies to each caller.
     pub per_caller_limits: RateLimitSettings,
+    /// Encoded slashes and path parameters: refused or kept.
+    pub paths: PathRules,
+    /// What the inbound side tells the service in `x-forwarded-client-cert`.
+    pub forward_client_cert: ForwardClientCert,
 }
 
 /// A registered agent identity: attributes, permissions and limits.

@@ -3,9 +3,13 @@
 //! Envoy's API types come from `envoy-types`; this crate only holds what Envoy
 //! does not define: the custom xDS resources (`meshward.v1`), the SPIFFE
 //! Workload API served by the dev identity server, and the demo echo service.
+//! [`spec`] holds the settings types both planes convert those resources to.
 
-#![allow(clippy::all, missing_docs)]
+#![forbid(unsafe_code)]
 
+pub mod spec;
+
+#[allow(clippy::all, missing_docs)]
 pub mod meshward {
     pub mod v1 {
         tonic::include_proto!("meshward.v1");
@@ -23,6 +27,7 @@ pub mod meshward {
 }
 
 /// The SPIFFE Workload API (package-less in the upstream proto).
+#[allow(clippy::all, missing_docs)]
 pub mod workload {
     tonic::include_proto!("_");
 }

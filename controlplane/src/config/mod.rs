@@ -134,6 +134,7 @@ pub(crate) fn attempt(path: &Path) -> Attempt {
         Some(policy) if errors.is_empty() => Ok(Mesh {
             source: path.to_path_buf(),
             trust_domain: draft.trust_domain,
+            listeners: draft.listeners,
             services: draft
                 .services
                 .into_iter()

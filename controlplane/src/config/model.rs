@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use meshward_proto::spec::{ForwardClientCert, ListenerLimits, PathAction, PathRules};
+
 /// A whole mesh: one trust domain, its services, its agents and its policy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mesh {
@@ -20,6 +22,8 @@ pub struct Mesh {
     pub agents: BTreeMap<String, Agent>,
     /// The loaded policy bundle.
     pub policy: PolicyBundle,
+    /// Resource limits of every dataplane listener (`listeners:`).
+    pub listeners: ListenerLimits,
 }
 
 impl Mesh {
@@ -51,6 +55,11 @@ pub struct Service {
     pub breaker: BreakerSettings,
     /// Limit the inbound dataplane applies to each caller identity.
     pub per_caller_limits: RateLimitSettings,
+    /// Encoded slashes and path parameters: refused (default) or kept.
+    pub paths: PathRules,
+    /// What the inbound dataplane tells the service in
+    /// `x-forwarded-client-cert`.
+    pub forward_client_cert: ForwardClientCert,
 }
 
 /// A registered agent identity.
@@ -73,6 +82,9 @@ pub struct RateLimitSettings {
     pub max_concurrent: u32,
     /// Key the bucket by (identity, destination service) instead of identity.
     pub per_destination: bool,
+    /// A request denied by policy costs a token, so denied paths cannot be
+    /// probed at full speed.
+    pub count_denied: bool,
 }
 
 impl Default for RateLimitSettings {
@@ -82,6 +94,7 @@ impl Default for RateLimitSettings {
             burst: 0,
             max_concurrent: 0,
             per_destination: false,
+            count_denied: true,
         }
     }
 }

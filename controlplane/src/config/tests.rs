@@ -149,7 +149,8 @@ fn valid_mesh_loads_into_the_model() {
             requests_per_second: 5.0,
             burst: 10,
             max_concurrent: 20,
-            per_destination: false
+            per_destination: false,
+            count_denied: true,
         }
     );
     assert_eq!(mesh.agents["agent-b"].limits, RateLimitSettings::default());
@@ -451,7 +452,7 @@ fn unknown_keys_are_rejected_with_their_line() {
     assert_eq!(
         e.to_string(),
         format!(
-            "{}:{}: servcies: unknown key (did you mean `services`?); expected one of: trust_domain, policy, agents, services",
+            "{}:{}: servcies: unknown key (did you mean `services`?); expected one of: trust_domain, policy, listeners, agents, services",
             path.display(),
             line_of(MESH, "services:")
         )
@@ -664,5 +665,106 @@ fn empty_bundle_names_the_decision() {
         "policy.decision",
         line_of(MESH, "decision:"),
         "no .rego modules",
+    );
+}
+
+#[test]
+fn hardening_settings_load_with_their_defaults() {
+    let (_dir, path) = mesh_dir("defaults", MESH);
+    let mesh = load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(mesh.listeners, ListenerLimits::default());
+    assert_eq!(mesh.services["hello"].paths, PathRules::default());
+    assert_eq!(
+        mesh.services["hello"].forward_client_cert,
+        ForwardClientCert::Sanitize
+    );
+    assert!(mesh.agents["agent-a"].limits.count_denied);
+
+    let custom = MESH.replace(
+        "agents:\n",
+        "listeners:
+  header_read_timeout: 2s
+  idle_timeout: 1m
+  max_connections: 100
+  max_connections_per_client_ip: 10
+  max_request_headers_kb: 16
+  max_concurrent_streams: 8
+  admin_max_connections: 4
+agents:
+",
+    ) + "    paths:
+      escaped_slashes: keep
+      path_parameters: keep
+    forward_client_cert: sanitize_set
+";
+    let custom = custom.replace(
+        "      max_concurrent: 20\n",
+        "      max_concurrent: 20\n      count_denied: false\n",
+    );
+    let (_dir, path) = mesh_dir("custom", &custom);
+    let mesh = load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        mesh.listeners,
+        ListenerLimits {
+            header_read_timeout: std::time::Duration::from_secs(2),
+            idle_timeout: std::time::Duration::from_secs(60),
+            max_connections: 100,
+            max_connections_per_client_ip: 10,
+            max_request_headers_bytes: 16 * 1024,
+            max_concurrent_streams: 8,
+            admin_max_connections: 4,
+        }
+    );
+    let world = &mesh.services["world"];
+    assert_eq!(world.paths.escaped_slashes, PathAction::Keep);
+    assert_eq!(world.paths.path_parameters, PathAction::Keep);
+    assert_eq!(world.forward_client_cert, ForwardClientCert::SanitizeSet);
+    assert!(!mesh.agents["agent-a"].limits.count_denied);
+}
+
+#[test]
+fn hardening_settings_out_of_range_name_field_and_line() {
+    let mesh = MESH.replace(
+        "agents:\n",
+        "listeners:
+  max_request_headers_kb: 4
+  max_connections: 0
+  idle_timeout: 1ms
+agents:
+",
+    ) + "    paths:
+      escaped_slashes: decode
+    forward_client_cert: always
+";
+    let (_, errors, _dir) = errors_of(&mesh);
+    assert_error(
+        &errors,
+        "listeners.max_request_headers_kb",
+        line_of(&mesh, "max_request_headers_kb: 4"),
+        "between 8 and 1024 KiB",
+    );
+    assert_error(
+        &errors,
+        "services[1].paths.escaped_slashes",
+        line_of(&mesh, "escaped_slashes: decode"),
+        "must be one of reject, keep",
+    );
+    assert_error(
+        &errors,
+        "services[1].forward_client_cert",
+        line_of(&mesh, "forward_client_cert: always"),
+        "sanitize, sanitize_set, append_forward",
+    );
+    assert_error(
+        &errors,
+        "listeners.max_connections",
+        line_of(&mesh, "max_connections: 0"),
+        "at least 1",
+    );
+    assert_error(
+        &errors,
+        "listeners.idle_timeout",
+        line_of(&mesh, "idle_timeout: 1ms"),
+        "at least 100ms",
     );
 }

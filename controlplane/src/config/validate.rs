@@ -15,6 +15,8 @@
 //!   silent conversion. Durations need a unit (`10s`, `500ms`).
 //! - `limits` / `per_caller_limits` may be omitted (zero: no limit), but a
 //!   rate without a burst is an error, since it could never admit a request.
+//! - `listeners` may be omitted (the defaults of [`ListenerLimits`]); each
+//!   value given must be in the range a dataplane accepts.
 //!
 //! The result is a [`Draft`]: model values plus the positions the cross-field
 //! checks and the bundle loader need. Invalid values are replaced by
@@ -26,7 +28,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::error::ConfigError;
-use super::model::{Agent, BreakerSettings, RateLimitSettings, Service};
+use super::model::{
+    Agent, BreakerSettings, ForwardClientCert, ListenerLimits, PathAction, PathRules,
+    RateLimitSettings, Service,
+};
 use super::rules;
 use super::yaml::{Entry, Node, Value};
 
@@ -37,6 +42,7 @@ pub struct Draft {
     pub agents: Vec<Agent>,
     pub services: Vec<Service>,
     pub policy: Option<PolicySection>,
+    pub listeners: ListenerLimits,
     pub errors: Vec<ConfigError>,
 }
 
@@ -50,7 +56,7 @@ pub struct PolicySection {
     pub decision_line: usize,
 }
 
-const TOP_KEYS: &[&str] = &["trust_domain", "policy", "agents", "services"];
+const TOP_KEYS: &[&str] = &["trust_domain", "policy", "listeners", "agents", "services"];
 const POLICY_KEYS: &[&str] = &["dir", "decision"];
 const AGENT_KEYS: &[&str] = &["name", "spiffe_id", "attributes", "permissions", "limits"];
 const SERVICE_KEYS: &[&str] = &[
@@ -61,12 +67,25 @@ const SERVICE_KEYS: &[&str] = &[
     "metadata",
     "breaker",
     "per_caller_limits",
+    "paths",
+    "forward_client_cert",
 ];
 const LIMIT_KEYS: &[&str] = &[
     "requests_per_second",
     "burst",
     "max_concurrent",
     "per_destination",
+    "count_denied",
+];
+const PATH_KEYS: &[&str] = &["escaped_slashes", "path_parameters"];
+const LISTENER_KEYS: &[&str] = &[
+    "header_read_timeout",
+    "idle_timeout",
+    "max_connections",
+    "max_connections_per_client_ip",
+    "max_request_headers_kb",
+    "max_concurrent_streams",
+    "admin_max_connections",
 ];
 const BREAKER_KEYS: &[&str] = &["consecutive_failures", "open_for", "half_open_probes"];
 
@@ -115,6 +134,8 @@ pub fn check(file: &Path, root: &Node) -> Draft {
         );
     }
 
+    draft.listeners = c.listeners(top.get("listeners"));
+
     // Identities and names, with where they were written, for the
     // uniqueness checks across agents and services.
     let mut ids: Vec<Named> = Vec::new();
@@ -159,6 +180,18 @@ pub fn check(file: &Path, root: &Node) -> Draft {
             fields.get("per_caller_limits"),
             &format!("{field}.per_caller_limits"),
         );
+        let paths = c.paths(fields.get("paths"), &format!("{field}.paths"));
+        let forward_client_cert = fields
+            .get("forward_client_cert")
+            .and_then(|n| {
+                c.choice(
+                    n,
+                    &format!("{field}.forward_client_cert"),
+                    ForwardClientCert::NAMES,
+                    ForwardClientCert::parse,
+                )
+            })
+            .unwrap_or_default();
         draft.services.push(Service {
             name,
             spiffe_id,
@@ -167,6 +200,8 @@ pub fn check(file: &Path, root: &Node) -> Draft {
             metadata,
             breaker,
             per_caller_limits,
+            paths,
+            forward_client_cert,
         });
     }
 
@@ -556,6 +591,11 @@ impl Checker<'_> {
                 .boolean(n, &join(field, "per_destination"))
                 .unwrap_or_default();
         }
+        if let Some(n) = fields.get("count_denied") {
+            limits.count_denied = self
+                .boolean(n, &join(field, "count_denied"))
+                .unwrap_or(true);
+        }
         if burst_ok && limits.requests_per_second > 0.0 && limits.burst < 1 {
             self.error(
                 burst_line,
@@ -602,6 +642,97 @@ impl Checker<'_> {
             }
         }
         breaker
+    }
+
+    /// One of `names`, turned into a value by `parse`.
+    fn choice<T>(
+        &mut self,
+        node: &Node,
+        field: &str,
+        names: &[&str],
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Option<T> {
+        let text = self.string(node, field)?;
+        let value = parse(&text);
+        if value.is_none() {
+            self.error(
+                node.line,
+                field,
+                format!("must be one of {}, found {text:?}", names.join(", ")),
+            );
+        }
+        value
+    }
+
+    fn paths(&mut self, node: Option<&Node>, field: &str) -> PathRules {
+        let mut rules = PathRules::default();
+        let Some(fields) = node.and_then(|n| self.mapping(n, field, PATH_KEYS)) else {
+            return rules;
+        };
+        let mut action = |key: &str| {
+            fields.get(key).and_then(|n| {
+                self.choice(n, &join(field, key), PathAction::NAMES, PathAction::parse)
+            })
+        };
+        if let Some(a) = action("escaped_slashes") {
+            rules.escaped_slashes = a;
+        }
+        if let Some(a) = action("path_parameters") {
+            rules.path_parameters = a;
+        }
+        rules
+    }
+
+    /// The `listeners:` section: each value given replaces a default, and
+    /// the result must be in the range a dataplane accepts.
+    fn listeners(&mut self, node: Option<&Node>) -> ListenerLimits {
+        let field = "listeners";
+        let mut limits = ListenerLimits::default();
+        let Some(fields) = node.and_then(|n| self.mapping(n, field, LISTENER_KEYS)) else {
+            return limits;
+        };
+        let mut lines = HashMap::new();
+        for entry in fields.entries {
+            lines.insert(entry.key.as_str(), entry.value.line);
+        }
+        for (key, slot) in [
+            ("header_read_timeout", &mut limits.header_read_timeout),
+            ("idle_timeout", &mut limits.idle_timeout),
+        ] {
+            if let Some(d) = fields
+                .get(key)
+                .and_then(|n| self.duration(n, &join(field, key)))
+            {
+                *slot = d;
+            }
+        }
+        for (key, slot) in [
+            ("max_connections", &mut limits.max_connections),
+            (
+                "max_connections_per_client_ip",
+                &mut limits.max_connections_per_client_ip,
+            ),
+            ("max_concurrent_streams", &mut limits.max_concurrent_streams),
+            ("admin_max_connections", &mut limits.admin_max_connections),
+        ] {
+            if let Some(v) = fields
+                .get(key)
+                .and_then(|n| self.uint(n, &join(field, key)))
+            {
+                *slot = v;
+            }
+        }
+        if let Some(kb) = fields
+            .get("max_request_headers_kb")
+            .and_then(|n| self.uint(n, "listeners.max_request_headers_kb"))
+        {
+            limits.max_request_headers_bytes = kb.saturating_mul(1024);
+        }
+        for (key, why) in limits.problems() {
+            let line = lines.get(key).copied().unwrap_or(fields.line);
+            self.error(line, &join(field, key), why);
+        }
+        limits
     }
 
     /// Reports every repeat of a value, at the repeat, naming the first.

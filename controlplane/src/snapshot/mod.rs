@@ -37,15 +37,18 @@ pub mod type_url {
     pub const POLICY_BUNDLE: &str = meshward_proto::meshward::v1::POLICY_BUNDLE_TYPE_URL;
     /// Meshward's agent registry entries.
     pub const AGENT: &str = meshward_proto::meshward::v1::AGENT_TYPE_URL;
+    /// Meshward's settings every dataplane applies to itself.
+    pub const DATAPLANE_SETTINGS: &str = meshward_proto::spec::DATAPLANE_SETTINGS_TYPE_URL;
 
     /// The order in which a new snapshot is pushed on an ADS stream: make
     /// before break (clusters before the endpoints and listeners that use
     /// them), then Meshward's own types, which reference nothing.
-    pub const PUSH_ORDER: [&str; 6] = [
+    pub const PUSH_ORDER: [&str; 7] = [
         CLUSTER,
         CLUSTER_LOAD_ASSIGNMENT,
         LISTENER,
         ROUTE_CONFIGURATION,
+        DATAPLANE_SETTINGS,
         POLICY_BUNDLE,
         AGENT,
     ];
@@ -135,7 +138,7 @@ impl Snapshot {
 /// What a node receives depends only on the identity its certificate proves
 /// (see [`NodeKind`]):
 ///
-/// | node | clusters + endpoints | `PolicyBundle` | `Agent` |
+/// | node | clusters + endpoints | `PolicyBundle`, `DataplaneSettings` | `Agent` |
 /// |---|---|---|---|
 /// | registered agent | all | yes | its own only |
 /// | registered service | all | yes | all (its inbound side authorizes callers) |
@@ -175,6 +178,11 @@ pub fn build(mesh: &Mesh, node: &NodeIdentity) -> Snapshot {
             type_url::POLICY_BUNDLE,
             resources::POLICY_BUNDLE_NAME.to_string(),
             resources::policy_bundle(&mesh.policy),
+        );
+        snapshot.insert(
+            type_url::DATAPLANE_SETTINGS,
+            resources::DATAPLANE_SETTINGS_NAME.to_string(),
+            resources::dataplane_settings(mesh),
         );
     }
     for agent in agents {

@@ -17,6 +17,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 };
 use envoy_types::pb::google::protobuf::{Any, Duration};
 use meshward_proto::meshward::v1 as mw;
+pub use meshward_proto::spec::DATAPLANE_SETTINGS_NAME;
 use prost::Message;
 use tracing::warn;
 
@@ -137,6 +138,15 @@ pub fn policy_bundle(policy: &config::PolicyBundle) -> VersionedResource {
     )
 }
 
+/// The settings every dataplane applies to itself (listener limits).
+pub fn dataplane_settings(mesh: &config::Mesh) -> VersionedResource {
+    let message = mw::DataplaneSettings {
+        name: DATAPLANE_SETTINGS_NAME.to_string(),
+        listeners: Some((&mesh.listeners).into()),
+    };
+    VersionedResource::from_encoded(type_url::DATAPLANE_SETTINGS, message.encode_to_vec())
+}
+
 /// One agent's registry entry, named by its SPIFFE ID.
 pub fn agent(agent: &Agent) -> VersionedResource {
     let message = mw::Agent {
@@ -158,6 +168,8 @@ fn service_metadata_bytes(service: &Service) -> Vec<u8> {
         metadata: Default::default(),
         breaker: Some(circuit_breaker(&service.breaker)),
         per_caller_limits: Some(rate_limit(&service.per_caller_limits)),
+        paths: Some(service.paths.into()),
+        forward_client_cert: service.forward_client_cert.to_wire(),
     };
     // ServiceMetadata.metadata is field 2.
     with_sorted_string_map(message.encode_to_vec(), 2, &service.metadata)
@@ -189,6 +201,7 @@ fn rate_limit(limits: &RateLimitSettings) -> mw::RateLimit {
         burst: limits.burst,
         max_concurrent: limits.max_concurrent,
         per_destination: limits.per_destination,
+        count_denied: Some(limits.count_denied),
     }
 }
 

@@ -22,6 +22,7 @@ pub(crate) fn mesh() -> Mesh {
             burst: 10,
             max_concurrent: 20,
             per_destination: false,
+            count_denied: true,
         },
     };
     let service = |name: &str, port: u16| Service {
@@ -35,10 +36,13 @@ pub(crate) fn mesh() -> Mesh {
             .collect(),
         breaker: Default::default(),
         per_caller_limits: RateLimitSettings::default(),
+        paths: Default::default(),
+        forward_client_cert: Default::default(),
     };
     Mesh {
         source: PathBuf::from("mesh.yaml"),
         trust_domain: "example.org".to_string(),
+        listeners: Default::default(),
         services: [service("hello", 7001), service("billing", 7002)]
             .into_iter()
             .map(|s| (s.name.clone(), s))
@@ -148,6 +152,10 @@ fn agent_node_gets_only_its_own_agent() {
     assert_eq!(names(&snapshot, type_url::AGENT), vec![TRIAGE.to_string()]);
     assert_eq!(names(&snapshot, type_url::POLICY_BUNDLE), vec!["default"]);
     assert_eq!(
+        names(&snapshot, type_url::DATAPLANE_SETTINGS),
+        vec!["default"]
+    );
+    assert_eq!(
         names(&snapshot, type_url::CLUSTER),
         vec!["billing", "hello"]
     );
@@ -165,6 +173,10 @@ fn service_node_gets_every_agent() {
         vec![BILLING_BOT.to_string(), TRIAGE.to_string()]
     );
     assert_eq!(names(&snapshot, type_url::POLICY_BUNDLE), vec!["default"]);
+    assert_eq!(
+        names(&snapshot, type_url::DATAPLANE_SETTINGS),
+        vec!["default"]
+    );
     assert_eq!(snapshot.len(type_url::CLUSTER), 2);
 }
 
@@ -177,6 +189,7 @@ fn unregistered_and_control_plane_ids_get_no_agents_and_no_policy() {
         let snapshot = build(&mesh(), &node(id));
         assert_eq!(snapshot.len(type_url::AGENT), 0, "{id}");
         assert_eq!(snapshot.len(type_url::POLICY_BUNDLE), 0, "{id}");
+        assert_eq!(snapshot.len(type_url::DATAPLANE_SETTINGS), 0, "{id}");
         assert_eq!(snapshot.len(type_url::CLUSTER), 2, "{id}");
     }
 }
@@ -231,6 +244,25 @@ fn cluster_carries_service_metadata_and_uses_ads_eds() {
 }
 
 #[test]
+fn dataplane_settings_carry_the_listener_limits() {
+    use meshward_proto::spec::ListenerLimits;
+    let mut mesh = mesh();
+    mesh.listeners.max_connections = 17;
+    mesh.listeners.idle_timeout = std::time::Duration::from_millis(1500);
+    let snapshot = build(&mesh, &node(HELLO));
+    let Some(resource) = snapshot.get(type_url::DATAPLANE_SETTINGS, "default") else {
+        panic!("no settings resource");
+    };
+    let decoded = mw::DataplaneSettings::decode(resource.resource.value.as_slice())
+        .unwrap_or_else(|e| panic!("settings do not decode: {e}"));
+    assert_eq!(decoded.name, "default");
+    assert_eq!(
+        ListenerLimits::try_from(decoded.listeners.as_ref()),
+        Ok(mesh.listeners)
+    );
+}
+
+#[test]
 fn policy_bundle_round_trips() {
     let snapshot = build(&mesh(), &node(TRIAGE));
     let Some(resource) = snapshot.get(type_url::POLICY_BUNDLE, "default") else {
@@ -247,7 +279,7 @@ fn policy_bundle_round_trips() {
 }
 
 #[test]
-fn push_order_is_cds_eds_lds_rds_policy_agent() {
+fn push_order_is_cds_eds_lds_rds_settings_policy_agent() {
     let ranks: Vec<_> = [
         type_url::AGENT,
         type_url::CLUSTER,
@@ -255,9 +287,10 @@ fn push_order_is_cds_eds_lds_rds_policy_agent() {
         type_url::ROUTE_CONFIGURATION,
         type_url::CLUSTER_LOAD_ASSIGNMENT,
         type_url::LISTENER,
+        type_url::DATAPLANE_SETTINGS,
     ]
     .iter()
     .map(|t| type_url::push_rank(t))
     .collect();
-    assert_eq!(ranks, vec![5, 0, 4, 3, 1, 2]);
+    assert_eq!(ranks, vec![6, 0, 5, 3, 1, 2, 4]);
 }

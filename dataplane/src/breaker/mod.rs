@@ -249,6 +249,8 @@ impl Breakers {
 enum Outcome {
     Success,
     Failure,
+    /// Says nothing about the upstream ([`BreakerGuard::abandon`]).
+    Abandoned,
 }
 
 /// One admitted request; report how it went with [`success`](Self::success)
@@ -270,6 +272,13 @@ impl BreakerGuard {
 
     pub fn failure(mut self) {
         self.outcome = Some(Outcome::Failure);
+    }
+
+    /// The request never tested the upstream (the client's own error, such
+    /// as a malformed body): no outcome, and a half-open probe slot is
+    /// handed back for the next request.
+    pub fn abandon(mut self) {
+        self.outcome = Some(Outcome::Abandoned);
     }
 
     /// Whether this request is a half-open probe.
@@ -295,7 +304,19 @@ impl Drop for BreakerGuard {
         }
         let settings = entry.settings;
         match (entry.phase, outcome) {
-            (_, None) => {}
+            (
+                Phase::HalfOpen {
+                    admitted,
+                    succeeded,
+                },
+                Some(Outcome::Abandoned),
+            ) => {
+                entry.phase = Phase::HalfOpen {
+                    admitted: admitted.saturating_sub(1),
+                    succeeded,
+                };
+            }
+            (_, None | Some(Outcome::Abandoned)) => {}
             (Phase::Closed { .. }, Some(Outcome::Success)) => {
                 entry.phase = Phase::Closed { failures: 0 };
             }
@@ -469,6 +490,31 @@ mod tests {
         clock.advance(Duration::from_secs(10));
         drop(b.acquire(A, UP, &s).unwrap());
         assert_eq!(b.state(A, UP), BreakerState::Open);
+    }
+
+    #[test]
+    fn abandoned_requests_are_neutral_and_return_the_probe_slot() {
+        let (clock, b) = breakers();
+        let s = settings(2, 1);
+        b.acquire(A, UP, &s).unwrap().failure();
+        b.acquire(A, UP, &s).unwrap().abandon();
+        b.acquire(A, UP, &s).unwrap().abandon();
+        assert_eq!(b.state(A, UP), BreakerState::Closed, "no failure counted");
+        b.acquire(A, UP, &s).unwrap().failure();
+        assert_eq!(b.state(A, UP), BreakerState::Open);
+        clock.advance(Duration::from_secs(10));
+        // A malformed request as the only probe neither re-opens the
+        // breaker nor uses up the probe.
+        let probe = b.acquire(A, UP, &s).unwrap();
+        assert!(probe.is_probe());
+        probe.abandon();
+        assert_eq!(b.state(A, UP), BreakerState::HalfOpen);
+        let probe = b
+            .acquire(A, UP, &s)
+            .expect("the probe slot was handed back");
+        assert!(probe.is_probe());
+        probe.success();
+        assert_eq!(b.state(A, UP), BreakerState::Closed);
     }
 
     #[test]

@@ -2,13 +2,20 @@
 //!
 //! Identity headers are facts the mesh asserts, so a copy sent by the client
 //! is removed before the proxy sets its own: an agent must not be able to
-//! claim another agent's identity with `x-agent-id: ...`. Hop-by-hop headers
-//! are removed because each hop negotiates its own connection (an HTTP/1.1
-//! agent may be forwarded over h2).
+//! claim another agent's identity with `x-agent-id: ...`. That holds however
+//! the name is written: CGI and WSGI backends read `x_agent_id` and
+//! `x-agent-id` both as `HTTP_X_AGENT_ID`, so names are compared with `_`
+//! read as `-`. `x-forwarded-client-cert` is asserted by the mesh too (or
+//! not at all, per service: [`ForwardClientCert`]). Hop-by-hop headers are
+//! removed because each hop negotiates its own connection (an HTTP/1.1 agent
+//! may be forwarded over h2).
 
 use std::collections::BTreeMap;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
+
+use super::pipeline::VerifiedPeer;
+use crate::state::ForwardClientCert;
 
 /// The caller's SPIFFE ID, as the mesh verified it.
 pub const AGENT_ID: &str = "x-agent-id";
@@ -16,6 +23,10 @@ pub const AGENT_ID: &str = "x-agent-id";
 pub const AGENT_ATTR_PREFIX: &str = "x-agent-";
 pub const REQUEST_ID: &str = "x-request-id";
 pub const TRACEPARENT: &str = "traceparent";
+/// Envoy's header for the client certificate the proxy verified.
+pub const FORWARDED_CLIENT_CERT: &str = "x-forwarded-client-cert";
+/// Prefix of headers only the mesh may send (`x-meshward-refusal`, ...).
+pub const MESHWARD_PREFIX: &str = "x-meshward-";
 
 const HOP_BY_HOP: &[&str] = &[
     "connection",
@@ -56,15 +67,66 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Removes every header the mesh asserts (`x-agent-*`), whoever sent it.
-pub fn strip_identity(headers: &mut HeaderMap) {
+/// Whether `name` is one the mesh asserts, however it is spelled: `_` is
+/// read as `-` (names are already lower-case), as CGI-style backends do.
+fn is_mesh_asserted(name: &str) -> bool {
+    let normalized = name.replace('_', "-");
+    normalized.starts_with(AGENT_ATTR_PREFIX)
+        || normalized.starts_with(MESHWARD_PREFIX)
+        || normalized == FORWARDED_CLIENT_CERT
+        || normalized == REQUEST_ID
+}
+
+/// Removes every header the mesh asserts (`x-agent-*`, `x-meshward-*`,
+/// `x-forwarded-client-cert`, `x-request-id`, in any spelling), whoever sent
+/// it; the mesh then sets its own.
+pub fn strip_mesh_asserted(headers: &mut HeaderMap) {
     let names: Vec<HeaderName> = headers
         .keys()
-        .filter(|k| k.as_str().starts_with(AGENT_ATTR_PREFIX))
+        .filter(|k| is_mesh_asserted(k.as_str()))
         .cloned()
         .collect();
     for name in names {
         headers.remove(name);
+    }
+}
+
+/// Removes and returns the peer's `x-forwarded-client-cert` (joined with
+/// `,` when repeated), for [`ForwardClientCert::AppendForward`].
+pub fn take_forwarded_client_cert(headers: &mut HeaderMap) -> Option<String> {
+    let values: Vec<String> = headers
+        .get_all(FORWARDED_CLIENT_CERT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::to_string)
+        .collect();
+    headers.remove(FORWARDED_CLIENT_CERT);
+    (!values.is_empty()).then(|| values.join(","))
+}
+
+/// Sets `x-forwarded-client-cert` on the inbound side as the service chose:
+/// nothing (`sanitize`), this hop's element only (`sanitize_set`), or the
+/// verified peer's header with this hop's element appended
+/// (`append_forward`). The element is Envoy's: `By=` this workload's SPIFFE
+/// ID, `Hash=` the SHA-256 of the peer's certificate, `URI=` its SPIFFE ID.
+pub fn set_forwarded_client_cert(
+    headers: &mut HeaderMap,
+    mode: ForwardClientCert,
+    from_peer: Option<String>,
+    own_spiffe_id: &str,
+    peer: &VerifiedPeer,
+) {
+    let element = format!(
+        "By={own_spiffe_id};Hash={};URI={}",
+        peer.cert_sha256, peer.spiffe_id
+    );
+    let value = match (mode, from_peer) {
+        (ForwardClientCert::Sanitize, _) => return,
+        (ForwardClientCert::SanitizeSet, _) | (ForwardClientCert::AppendForward, None) => element,
+        (ForwardClientCert::AppendForward, Some(previous)) => format!("{previous},{element}"),
+    };
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(FORWARDED_CLIENT_CERT, v);
     }
 }
 
@@ -165,7 +227,7 @@ mod tests {
         );
         h.insert("x-agent-team", HeaderValue::from_static("finance"));
         h.insert("x-other", HeaderValue::from_static("kept"));
-        strip_identity(&mut h);
+        strip_mesh_asserted(&mut h);
         assert!(h.get("x-agent-id").is_none());
         assert!(h.get("x-agent-team").is_none());
         let attrs = BTreeMap::from([("team".to_string(), "customer-success".to_string())]);
@@ -177,6 +239,68 @@ mod tests {
         assert_eq!(h["x-agent-id"], "spiffe://example.org/agent/support-triage");
         assert_eq!(h["x-agent-team"], "customer-success");
         assert_eq!(h["x-other"], "kept");
+    }
+
+    #[test]
+    fn mesh_headers_are_stripped_in_every_spelling() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "x_agent_id",
+            "x-agent_id",
+            "x_agent-team",
+            "x-meshward-refusal",
+            "x_meshward_refusal",
+            "x-forwarded-client-cert",
+            "x_forwarded_client_cert",
+            "x_request_id",
+        ] {
+            h.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("forged"),
+            );
+        }
+        h.insert("x-agentish", HeaderValue::from_static("kept"));
+        h.insert("x_other", HeaderValue::from_static("kept"));
+        strip_mesh_asserted(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left.len(), 2, "{left:?}");
+        assert_eq!(h["x-agentish"], "kept");
+        assert_eq!(h["x_other"], "kept");
+    }
+
+    #[test]
+    fn forwarded_client_cert_modes() {
+        let peer = VerifiedPeer {
+            spiffe_id: "spiffe://example.org/agent/a".into(),
+            cert_sha256: "ab12".into(),
+        };
+        let own = "spiffe://example.org/service/s";
+        let element =
+            "By=spiffe://example.org/service/s;Hash=ab12;URI=spiffe://example.org/agent/a";
+        let run = |mode, previous: Option<&str>| {
+            let mut h = HeaderMap::new();
+            if let Some(p) = previous {
+                h.append(FORWARDED_CLIENT_CERT, HeaderValue::from_str(p).unwrap());
+                h.append(FORWARDED_CLIENT_CERT, HeaderValue::from_static("By=x"));
+            }
+            let taken = take_forwarded_client_cert(&mut h);
+            set_forwarded_client_cert(&mut h, mode, taken, own, &peer);
+            h.get(FORWARDED_CLIENT_CERT)
+                .map(|v| v.to_str().unwrap().to_string())
+        };
+        assert_eq!(run(ForwardClientCert::Sanitize, Some("By=forged")), None);
+        assert_eq!(
+            run(ForwardClientCert::SanitizeSet, Some("By=forged")).as_deref(),
+            Some(element)
+        );
+        assert_eq!(
+            run(ForwardClientCert::AppendForward, Some("By=prev")).as_deref(),
+            Some(format!("By=prev,By=x,{element}").as_str())
+        );
+        assert_eq!(
+            run(ForwardClientCert::AppendForward, None).as_deref(),
+            Some(element)
+        );
     }
 
     #[test]

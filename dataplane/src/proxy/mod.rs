@@ -14,23 +14,22 @@ pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use std::sync::{Arc, OnceLock};
-
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use meshward_spire::WorkloadIdentity;
-use tokio::net::TcpListener;
+use sha2::Digest;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::breaker::Breakers;
+use crate::listener::{
+    self, Accepted, ConnectionOptions, ConnectionSlot, Listener, ListenerKind, ListenerLimits,
+};
 use crate::policy::Direction;
 use crate::ratelimit::RateLimiter;
 use crate::state::{Endpoint, MeshState, Upstream};
-use pipeline::Arrival;
+use pipeline::{Arrival, VerifiedPeer};
 
 /// State shared by every request of one dataplane.
 pub struct Shared {
@@ -82,6 +81,16 @@ impl Shared {
         self.state.borrow().clone()
     }
 
+    /// The listener limits in force: the control plane's, or the defaults
+    /// until its configuration has arrived.
+    pub fn listener_limits(&self) -> ListenerLimits {
+        self.state
+            .borrow()
+            .as_ref()
+            .map(|s| s.listeners)
+            .unwrap_or_default()
+    }
+
     /// This workload's SPIFFE ID if it holds a usable SVID, else why not
     /// (waiting for the Workload API, or expired without a replacement).
     pub fn own_spiffe_id(&self) -> Result<String, meshward_spire::IdentityError> {
@@ -116,51 +125,26 @@ impl Shared {
     }
 }
 
-/// The next connection, or `None` once `stop` is cancelled. Accept errors
-/// (out of file descriptors and the like) are logged and retried after a
-/// short pause instead of spinning.
-async fn accept(
-    listener: &TcpListener,
-    name: &str,
-    stop: &CancellationToken,
-) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return None,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => return Some(a),
-                Err(e) => {
-                    let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
-                    tracing::warn!(dataplane = %name, "accept on {addr} failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-        }
-    }
-}
-
 /// Serves plain HTTP/1.1 and h2c (prior knowledge) from the local agent.
-pub async fn serve_outbound(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
-    loop {
-        let Some((tcp, remote)) = accept(&listener, &shared.name, &stop).await else {
-            return;
-        };
-        let _ = tcp.set_nodelay(true);
-        let local = tcp.local_addr().unwrap_or(remote);
-        let shared = shared.clone();
-        let stop = stop.clone();
+pub async fn serve_outbound(listener: Listener, shared: Arc<Shared>, stop: CancellationToken) {
+    while let Some(accepted) = listener.accept(&stop, || shared.listener_limits()).await {
         let arrival = Arrival {
             direction: Direction::Outbound,
-            peer_spiffe_id: None,
-            remote_addr: remote,
-            local_addr: local,
+            peer: None,
+            remote_addr: accepted.remote,
+            local_addr: accepted.local,
+        };
+        let held = Held {
+            slot: accepted.slot,
+            accepted_at: accepted.accepted_at,
+            close_at: None,
         };
         tokio::spawn(serve_connection(
-            TokioIo::new(tcp),
+            accepted.tcp,
+            held,
             arrival,
-            shared,
-            stop,
-            None,
+            shared.clone(),
+            stop.clone(),
         ));
     }
 }
@@ -169,29 +153,32 @@ pub async fn serve_outbound(listener: TcpListener, shared: Arc<Shared>, stop: Ca
 /// The handshake itself refuses peers without a valid SVID. Until this
 /// workload has a usable SVID and a warm config, connections are closed
 /// before any handshake (fail closed; `/ready` says why).
-pub async fn serve_inbound(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
-    loop {
-        let Some((tcp, remote)) = accept(&listener, &shared.name, &stop).await else {
-            return;
-        };
+pub async fn serve_inbound(listener: Listener, shared: Arc<Shared>, stop: CancellationToken) {
+    while let Some(accepted) = listener.accept(&stop, || shared.listener_limits()).await {
+        let remote = accepted.remote;
         if let Some(why) = shared.refuse_inbound() {
             tracing::debug!(dataplane = %shared.name, peer = %remote, "inbound connection closed before handshake: {why}");
             metrics::counter!("meshward_inbound_connections_refused_total", "dataplane" => shared.name.clone()).increment(1);
-            drop(tcp);
             continue;
         }
         let Some(tls) = shared.inbound_tls.get().cloned() else {
             continue;
         };
-        let _ = tcp.set_nodelay(true);
-        let local = tcp.local_addr().unwrap_or(remote);
         let acceptor = tokio_rustls::TlsAcceptor::from(tls);
         let shared = shared.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp))
-                .await
-            {
+            // The handshake counts against the time to the first request.
+            let limits = shared.listener_limits();
+            let deadline = accepted.accepted_at + limits.header_read_timeout;
+            let Accepted {
+                tcp,
+                local,
+                accepted_at,
+                slot,
+                ..
+            } = accepted;
+            let tls = match tokio::time::timeout_at(deadline.into(), acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     tracing::info!(dataplane = %shared.name, peer = %remote, "TLS handshake refused: {e}");
@@ -207,9 +194,9 @@ pub async fn serve_inbound(listener: TcpListener, shared: Arc<Shared>, stop: Can
             // The connection may not outlive the certificate that opened it:
             // an h2 connection is long-lived, and an expired peer must not
             // keep sending requests on it.
-            let peer_expiry = certs
-                .and_then(|c| c.first())
-                .and_then(|leaf| meshward_spire::identity::leaf_not_after(leaf));
+            let leaf = certs.and_then(|c| c.first());
+            let peer_expiry = leaf.and_then(|leaf| meshward_spire::identity::leaf_not_after(leaf));
+            let cert_hash = leaf.map(|leaf| hex::encode(sha2::Sha256::digest(leaf.as_ref())));
             let peer = certs
                 .ok_or_else(|| {
                     meshward_spire::IdentityError::PeerCertificate("no client certificate".into())
@@ -224,59 +211,71 @@ pub async fn serve_inbound(listener: TcpListener, shared: Arc<Shared>, stop: Can
             };
             let arrival = Arrival {
                 direction: Direction::Inbound,
-                peer_spiffe_id: Some(peer),
+                peer: Some(Arc::new(VerifiedPeer {
+                    spiffe_id: peer,
+                    cert_sha256: cert_hash.unwrap_or_default(),
+                })),
                 remote_addr: remote,
                 local_addr: local,
             };
-            serve_connection(TokioIo::new(tls), arrival, shared, stop, peer_expiry).await;
+            let held = Held {
+                slot,
+                accepted_at,
+                close_at: peer_expiry,
+            };
+            serve_connection(tls, held, arrival, shared, stop).await;
         });
     }
 }
 
-/// Serves HTTP/1.1 or h2 (auto-detected) on one accepted connection, until
-/// the client closes it, the dataplane stops, or `close_at` (the peer
-/// certificate's expiry) passes: then the connection is shut down gracefully
-/// (h2 GOAWAY, in-flight requests finish) and the peer must handshake again
-/// with a valid SVID.
+/// What an accepted connection carries while it is served.
+struct Held {
+    /// Its place in the listener's connection count, released on drop.
+    slot: ConnectionSlot,
+    accepted_at: std::time::Instant,
+    /// The peer certificate's expiry: the connection is shut down then.
+    close_at: Option<std::time::SystemTime>,
+}
+
+/// Serves one accepted connection through the request pipeline, within the
+/// listener limits in force, until the client closes it, the dataplane
+/// stops, a limit closes it or the peer certificate expires (then it is
+/// shut down gracefully: h2 GOAWAY, in-flight requests finish, and the peer
+/// must handshake again with a valid SVID).
 async fn serve_connection<I>(
-    io: TokioIo<I>,
+    io: I,
+    held: Held,
     arrival: Arrival,
     shared: Arc<Shared>,
     stop: CancellationToken,
-    close_at: Option<std::time::SystemTime>,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let remote = arrival.remote_addr;
-    let name = shared.name.clone();
-    let svc = service_fn(move |req| {
-        let shared = shared.clone();
-        let arrival = arrival.clone();
-        async move { Ok::<_, std::convert::Infallible>(pipeline::handle(shared, arrival, req).await) }
-    });
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection(io, svc);
-    tokio::pin!(conn);
-    let expiry = async {
-        match close_at {
-            Some(at) => {
-                let left = at
-                    .duration_since(std::time::SystemTime::now())
-                    .unwrap_or_default();
-                tokio::time::sleep(left).await
-            }
-            None => std::future::pending().await,
-        }
+    let Held {
+        slot: _slot,
+        accepted_at,
+        close_at,
+    } = held;
+    let kind = match arrival.direction {
+        Direction::Inbound => ListenerKind::Inbound,
+        _ => ListenerKind::Outbound,
     };
-    tokio::select! {
-        res = conn.as_mut() => if let Err(e) = res {
-            tracing::debug!("connection from {remote} ended: {e}");
+    let name = shared.name.clone();
+    let remote = arrival.remote_addr;
+    let limits = shared.listener_limits();
+    let handler = move |req| pipeline::handle(shared.clone(), arrival.clone(), req);
+    listener::serve(
+        io,
+        ConnectionOptions {
+            limits,
+            accepted_at,
+            close_at,
+            owner: &name,
+            kind,
+            remote,
+            stop: &stop,
         },
-        _ = expiry => {
-            tracing::info!(dataplane = %name, peer = %remote, "peer certificate expired; closing its connection");
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_secs(30), conn).await;
-        }
-        _ = stop.cancelled() => {}
-    }
+        handler,
+    )
+    .await;
 }

@@ -1,7 +1,14 @@
-//! The request path, top to bottom: identify, route, authorize, limit, break,
-//! forward. Outbound (agent-facing) and inbound (mTLS, service-facing) share
-//! every step; they differ only in who the caller is, which limits apply and
-//! where the request goes next.
+//! The request path, top to bottom: identify, route, canonicalize, authorize,
+//! limit, break, forward. Outbound (agent-facing) and inbound (mTLS,
+//! service-facing) share every step; they differ only in who the caller is,
+//! which limits apply and where the request goes next.
+//!
+//! Everything the policy judges is what the upstream receives: the host is
+//! checked for conflicts, the path is canonicalized ([`crate::canonical`])
+//! and headers the mesh asserts are replaced, all before the input document
+//! is built. A client's own error (a malformed request or body) is a 400 and
+//! never a breaker event; a request denied by policy still costs a token of
+//! the caller's rate limit, so denied paths cannot be probed at full speed.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,11 +20,12 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
 use super::Shared;
-use super::body::{ProxyBody, boxed, full};
+use super::body::{self, ProxyBody, boxed, full};
 use super::guard::GuardedBody;
 use super::headers;
 use super::refusal::Refusal;
 use crate::breaker::BreakerGuard;
+use crate::canonical::canonicalize;
 use crate::policy::{CallerFacts, Direction, RequestFacts, ServiceFacts, build_input};
 use crate::ratelimit::{Permit, RateLimitError, RateLimitSettings};
 use crate::route;
@@ -31,11 +39,20 @@ const MAX_POLICY_BODY: u64 = 64 * 1024;
 #[derive(Debug, Clone)]
 pub struct Arrival {
     pub direction: Direction,
-    /// The verified peer SPIFFE ID (inbound); outbound callers are the
-    /// sidecar's own workload and are identified by the dataplane's SVID.
-    pub peer_spiffe_id: Option<String>,
+    /// The verified peer (inbound); outbound callers are the sidecar's own
+    /// workload and are identified by the dataplane's SVID.
+    pub peer: Option<Arc<VerifiedPeer>>,
     pub remote_addr: SocketAddr,
     pub local_addr: SocketAddr,
+}
+
+/// What the inbound mTLS handshake proved about the peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedPeer {
+    pub spiffe_id: String,
+    /// Hex SHA-256 of the peer's leaf certificate (DER), for
+    /// `x-forwarded-client-cert`'s `Hash`.
+    pub cert_sha256: String,
 }
 
 /// Everything the request path decided before forwarding.
@@ -120,11 +137,13 @@ async fn handle_inner(
     })?;
 
     // 1. Identify the caller and 2. route.
-    let (caller_id, upstream, path_and_query) = match arrival.direction {
+    check_host(&req)?;
+    let (caller_id, upstream, raw_path) = match arrival.direction {
         Direction::Inbound => {
             let peer = arrival
-                .peer_spiffe_id
-                .clone()
+                .peer
+                .as_ref()
+                .map(|p| p.spiffe_id.clone())
                 .ok_or_else(|| Refusal::Forbidden {
                     reason: "no verified peer identity".into(),
                     status: None,
@@ -154,22 +173,41 @@ async fn handle_inner(
                 .get(&r.service)
                 .cloned()
                 .ok_or_else(|| Refusal::UnknownService(r.service.clone()))?;
-            (own_spiffe_id, upstream, r.path_and_query)
+            (own_spiffe_id.clone(), upstream, r.path_and_query)
         }
     };
     let caller: Option<Arc<AgentInfo>> = state.agents.get(&caller_id).cloned();
 
+    // 3. Canonicalize: policy and upstream judge the same path.
+    let path_and_query = canonicalize(&raw_path, upstream.paths)
+        .map_err(|e| Refusal::BadRequest(format!("path {raw_path:?}: {e}")))?
+        .into_string();
+    if path_and_query != raw_path {
+        tracing::debug!(dataplane = %shared.name, request_id, original = %raw_path,
+            canonical = %path_and_query, "path canonicalized");
+    }
+
     let (mut parts, body) = req.into_parts();
+    let client_cert_header = headers::take_forwarded_client_cert(&mut parts.headers);
     headers::strip_hop_by_hop(&mut parts.headers);
-    headers::strip_identity(&mut parts.headers);
+    headers::strip_mesh_asserted(&mut parts.headers);
     headers::set_identity(
         &mut parts.headers,
         &caller_id,
         caller.as_ref().map(|c| &c.attributes),
     );
     headers::set_request_id(&mut parts.headers, request_id);
+    if let Some(peer) = &arrival.peer {
+        headers::set_forwarded_client_cert(
+            &mut parts.headers,
+            upstream.forward_client_cert,
+            client_cert_header,
+            &own_spiffe_id,
+            peer,
+        );
+    }
 
-    // 3. Authorize.
+    // 4. Authorize.
     let (body, buffered) = maybe_buffer(&parts.headers, body, grpc).await?;
     let host = parts
         .headers
@@ -219,6 +257,13 @@ async fn handle_inner(
         }
     })?;
     if !decision.allowed {
+        // A denial costs a token too, so denied paths cannot be probed at
+        // full speed; an empty bucket answers 429 like any other request.
+        let settings = limit_settings(arrival.direction, caller.as_deref(), &upstream);
+        shared
+            .limiter
+            .charge(&caller_id, &upstream.name, settings)
+            .map_err(|e| rate_limited(&caller_id, &upstream.name, e))?;
         return Err(Refusal::Forbidden {
             reason: decision
                 .reason
@@ -241,7 +286,7 @@ async fn handle_inner(
         }
     }
 
-    // 4. Limit and 5. break.
+    // 5. Limit and break.
     let admitted = admit(
         shared,
         arrival.direction,
@@ -251,6 +296,7 @@ async fn handle_inner(
     )?;
 
     // 6. Forward.
+    let (body, client_body) = body::watch_errors(body);
     let response = forward(
         shared,
         arrival.direction,
@@ -271,8 +317,22 @@ async fn handle_inner(
                 breaker.success();
             }
             headers::strip_hop_by_hop(resp.headers_mut());
+            if arrival.direction == Direction::Inbound {
+                // Only the mesh speaks `x-meshward-*`: an app must not be
+                // able to fake a mesh refusal to its callers.
+                headers::strip_mesh_asserted(resp.headers_mut());
+            }
             let (parts, body) = resp.into_parts();
             Ok(Response::from_parts(parts, GuardedBody::wrap(body, permit)))
+        }
+        // The client's body broke (malformed chunking, a reset): its own
+        // error, which says nothing about the upstream.
+        Err(_) if client_body.failed() => {
+            breaker.abandon();
+            Err(Refusal::BadRequest(format!(
+                "request body from the client is malformed or incomplete: {}",
+                client_body.error().unwrap_or_default()
+            )))
         }
         Err(refusal) => {
             breaker.failure();
@@ -300,6 +360,33 @@ fn own_service(state: &MeshState, own_id: &str) -> Option<Arc<Upstream>> {
         .cloned()
 }
 
+/// The limit that applies to this request: outbound enforces the agent's
+/// own egress limit; inbound enforces the service's limit for each caller.
+/// Both are keyed by the caller identity.
+fn limit_settings<'a>(
+    direction: Direction,
+    caller: Option<&'a AgentInfo>,
+    upstream: &'a Upstream,
+) -> &'a RateLimitSettings {
+    static UNLIMITED: std::sync::LazyLock<RateLimitSettings> =
+        std::sync::LazyLock::new(RateLimitSettings::default);
+    match direction {
+        Direction::Inbound => &upstream.per_caller_limits,
+        _ => caller.map(|c| &c.limits).unwrap_or(&UNLIMITED),
+    }
+}
+
+fn rate_limited(caller_id: &str, service: &str, e: RateLimitError) -> Refusal {
+    let retry_after = match &e {
+        RateLimitError::RateExceeded { retry_after } => *retry_after,
+        _ => Duration::from_secs(1),
+    };
+    Refusal::RateLimited {
+        reason: format!("{caller_id} -> {service}: {e}"),
+        retry_after,
+    }
+}
+
 fn admit(
     shared: &Shared,
     direction: Direction,
@@ -307,26 +394,11 @@ fn admit(
     caller: Option<&AgentInfo>,
     upstream: &Upstream,
 ) -> Result<Admitted, Refusal> {
-    // Outbound enforces the agent's own egress limit; inbound enforces the
-    // service's limit for each caller. Both are keyed by the caller identity.
-    let unlimited = RateLimitSettings::default();
-    let settings = match direction {
-        Direction::Inbound => &upstream.per_caller_limits,
-        _ => caller.map(|c| &c.limits).unwrap_or(&unlimited),
-    };
+    let settings = limit_settings(direction, caller, upstream);
     let permit = shared
         .limiter
         .check(Some(caller_id), &upstream.name, settings)
-        .map_err(|e| {
-            let retry_after = match &e {
-                RateLimitError::RateExceeded { retry_after } => *retry_after,
-                _ => Duration::from_secs(1),
-            };
-            Refusal::RateLimited {
-                reason: format!("{caller_id} -> {}: {e}", upstream.name),
-                retry_after,
-            }
-        })?;
+        .map_err(|e| rate_limited(caller_id, &upstream.name, e))?;
     let breaker = shared
         .breakers
         .acquire(caller_id, &upstream.name, &upstream.breaker)
@@ -335,6 +407,39 @@ fn admit(
             retry_after: open.retry_after,
         })?;
     Ok(Admitted { permit, breaker })
+}
+
+/// One `Host` at most, and when the request line or `:authority` names an
+/// authority too, the same one: a proxy that routes by one and a backend
+/// that reads the other would disagree about where the request goes.
+fn check_host<B>(req: &Request<B>) -> Result<(), Refusal> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(Refusal::BadRequest("more than one Host header".into()));
+    }
+    let (Some(host), Some(authority)) = (host, req.uri().authority()) else {
+        return Ok(());
+    };
+    let host = host
+        .to_str()
+        .ok()
+        .and_then(|h| h.parse::<http::uri::Authority>().ok())
+        .ok_or_else(|| Refusal::BadRequest("malformed Host header".into()))?;
+    let default_port = if req.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
+        443
+    } else {
+        80
+    };
+    let same = host.host().eq_ignore_ascii_case(authority.host())
+        && host.port_u16().unwrap_or(default_port) == authority.port_u16().unwrap_or(default_port);
+    if same {
+        Ok(())
+    } else {
+        Err(Refusal::BadRequest(format!(
+            "Host {host} does not match the request authority {authority}"
+        )))
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

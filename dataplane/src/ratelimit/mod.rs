@@ -45,13 +45,27 @@ const INLINE_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Zero means "no limit" for that dimension: `requests_per_second <= 0`
 /// (or not finite) disables the bucket, `max_concurrent == 0` disables the
 /// cap. With a rate set, `burst == 0` is treated as a burst of 1.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateLimitSettings {
     pub requests_per_second: f64,
     pub burst: u32,
     pub max_concurrent: u32,
     /// Key the state by (identity, destination) instead of identity alone.
     pub per_destination: bool,
+    /// A request denied by policy costs a token ([`RateLimiter::charge`]).
+    pub count_denied: bool,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        Self {
+            requests_per_second: 0.0,
+            burst: 0,
+            max_concurrent: 0,
+            per_destination: false,
+            count_denied: true,
+        }
+    }
 }
 
 impl RateLimitSettings {
@@ -166,6 +180,17 @@ impl RateLimiter {
         destination: &str,
         settings: &RateLimitSettings,
     ) -> Result<Permit, RateLimitError> {
+        self.take(identity, destination, settings, true)
+    }
+
+    /// One token of the bucket and, when `hold_slot`, one concurrency slot.
+    fn take(
+        &self,
+        identity: Option<&str>,
+        destination: &str,
+        settings: &RateLimitSettings,
+        hold_slot: bool,
+    ) -> Result<Permit, RateLimitError> {
         let identity = identity
             .filter(|id| !id.is_empty())
             .ok_or(RateLimitError::NoIdentity)?;
@@ -194,7 +219,7 @@ impl RateLimiter {
         }
         state.last_seen = now;
 
-        let reserved = if settings.max_concurrent > 0 {
+        let reserved = if hold_slot && settings.max_concurrent > 0 {
             let previous = state.inflight.fetch_add(1, Ordering::AcqRel);
             if previous >= settings.max_concurrent {
                 state.inflight.fetch_sub(1, Ordering::AcqRel);
@@ -223,6 +248,23 @@ impl RateLimiter {
             state.tat = new_tat;
         }
         Ok(permit)
+    }
+
+    /// Takes one token of `identity`'s bucket for a request that will not be
+    /// forwarded (denied by policy), so probing denied paths drains the same
+    /// budget as ordinary requests. Holds no concurrency slot. Free when the
+    /// settings do not count denials or set no rate.
+    pub fn charge(
+        &self,
+        identity: &str,
+        destination: &str,
+        settings: &RateLimitSettings,
+    ) -> Result<(), RateLimitError> {
+        if !settings.count_denied || !settings.rate_limited() {
+            return Ok(());
+        }
+        self.take(Some(identity), destination, settings, false)
+            .map(drop)
     }
 
     /// Removes keys untouched for `idle_for` whose bucket is full and that
@@ -307,6 +349,40 @@ mod tests {
     }
 
     #[test]
+    fn denied_requests_drain_the_same_bucket_without_resetting_it() {
+        let (_clock, l) = limiter();
+        let s = RateLimitSettings {
+            max_concurrent: 1,
+            ..rate(5.0, 4)
+        };
+        // A held slot does not block charging, and charging holds no slot.
+        let held = l.check(Some(ALICE), "svc", &s).expect("first request");
+        for i in 0..3 {
+            assert_eq!(l.charge(ALICE, "svc", &s), Ok(()), "denial {i}");
+        }
+        assert!(matches!(
+            l.charge(ALICE, "svc", &s),
+            Err(RateLimitError::RateExceeded { .. })
+        ));
+        drop(held);
+        // Alternating admitted and denied requests never refills the bucket.
+        assert!(matches!(
+            l.check(Some(ALICE), "svc", &s),
+            Err(RateLimitError::RateExceeded { .. })
+        ));
+        // Opted out: denials are free.
+        let free = RateLimitSettings {
+            count_denied: false,
+            ..s
+        };
+        assert_eq!(l.charge(BOB, "svc", &free), Ok(()));
+        for _ in 0..10 {
+            assert_eq!(l.charge(BOB, "svc", &free), Ok(()));
+        }
+        assert!(l.check(Some(BOB), "svc", &free).is_ok());
+    }
+
+    #[test]
     fn refills_over_time() {
         let (clock, l) = limiter();
         let s = rate(5.0, 2);
@@ -356,6 +432,7 @@ mod tests {
             burst: 2,
             max_concurrent: 1,
             per_destination: false,
+            count_denied: true,
         };
         let held = l.check(Some(ALICE), "svc", &s).unwrap();
         for _ in 0..5 {
@@ -376,6 +453,7 @@ mod tests {
             burst: 1,
             max_concurrent: 1,
             per_destination: false,
+            count_denied: true,
         };
         drop(l.check(Some(ALICE), "svc", &s).unwrap());
         assert!(matches!(
@@ -453,6 +531,7 @@ mod tests {
             burst: 5,
             max_concurrent: 4,
             per_destination: false,
+            count_denied: true,
         };
         let held = l
             .check(Some("spiffe://example.org/agent/busy"), "svc", &s)

@@ -13,8 +13,10 @@ use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse;
 
 use super::handlers::{
     AgentHandler, ClusterHandler, ClusterSpec, EndpointHandler, Handler, PolicyHandler,
+    SettingsHandler,
 };
 use crate::state::{MeshState, Upstream};
+use meshward_proto::spec::DATAPLANE_SETTINGS_NAME;
 
 /// Name of the mesh-wide policy bundle the request path evaluates.
 pub const POLICY_BUNDLE_NAME: &str = "default";
@@ -101,19 +103,21 @@ fn short_type(type_url: &str) -> &str {
     type_url.rsplit(['/', '.']).next().unwrap_or(type_url)
 }
 
-/// All four caches.
+/// One cache per subscribed type.
 #[derive(Debug, Default)]
 pub struct Caches {
     clusters: TypeCache<ClusterHandler>,
     endpoints: TypeCache<EndpointHandler>,
+    settings: TypeCache<SettingsHandler>,
     policies: TypeCache<PolicyHandler>,
     agents: TypeCache<AgentHandler>,
 }
 
 /// The subscribed types, in the order they are requested.
-pub const SUBSCRIBED: [&str; 4] = [
+pub const SUBSCRIBED: [&str; 5] = [
     ClusterHandler::TYPE_URL,
     EndpointHandler::TYPE_URL,
+    SettingsHandler::TYPE_URL,
     PolicyHandler::TYPE_URL,
     AgentHandler::TYPE_URL,
 ];
@@ -124,6 +128,7 @@ impl Caches {
         match response.type_url.as_str() {
             ClusterHandler::TYPE_URL => self.clusters.apply(response),
             EndpointHandler::TYPE_URL => self.endpoints.apply(response),
+            SettingsHandler::TYPE_URL => self.settings.apply(response),
             PolicyHandler::TYPE_URL => self.policies.apply(response),
             AgentHandler::TYPE_URL => self.agents.apply(response),
             other => Err(format!("type {other:?} was not subscribed to")),
@@ -135,6 +140,7 @@ impl Caches {
         match type_url {
             ClusterHandler::TYPE_URL => self.clusters.versions(),
             EndpointHandler::TYPE_URL => self.endpoints.versions(),
+            SettingsHandler::TYPE_URL => self.settings.versions(),
             PolicyHandler::TYPE_URL => self.policies.versions(),
             AgentHandler::TYPE_URL => self.agents.versions(),
             _ => HashMap::new(),
@@ -145,6 +151,7 @@ impl Caches {
     pub fn all_received(&self) -> bool {
         self.clusters.received
             && self.endpoints.received
+            && self.settings.received
             && self.policies.received
             && self.agents.received
     }
@@ -177,17 +184,25 @@ impl Caches {
         let versions = [
             (ClusterHandler::TYPE_URL, &self.clusters.system_version),
             (EndpointHandler::TYPE_URL, &self.endpoints.system_version),
+            (SettingsHandler::TYPE_URL, &self.settings.system_version),
             (PolicyHandler::TYPE_URL, &self.policies.system_version),
             (AgentHandler::TYPE_URL, &self.agents.system_version),
         ]
         .into_iter()
         .map(|(t, v)| (t.to_string(), v.clone()))
         .collect();
+        // A control plane that sends no settings leaves the defaults.
+        let listeners = self
+            .settings
+            .get(DATAPLANE_SETTINGS_NAME)
+            .copied()
+            .unwrap_or_default();
         Some(MeshState {
             clusters,
             agents,
             policy,
             versions,
+            listeners,
         })
     }
 }
@@ -200,6 +215,8 @@ fn upstream(spec: &ClusterSpec, endpoints: Vec<crate::state::Endpoint>) -> Upstr
         metadata: spec.metadata.clone(),
         breaker: spec.breaker,
         per_caller_limits: spec.per_caller_limits,
+        paths: spec.paths,
+        forward_client_cert: spec.forward_client_cert,
     }
 }
 

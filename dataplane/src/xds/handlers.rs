@@ -21,7 +21,7 @@ use prost::Message;
 use crate::breaker::BreakerSettings;
 use crate::policy::CompiledPolicy;
 use crate::ratelimit::RateLimitSettings;
-use crate::state::{AgentInfo, Endpoint};
+use crate::state::{AgentInfo, Endpoint, ForwardClientCert, ListenerLimits, PathRules};
 
 /// `envoy.config.cluster.v3.Cluster`.
 pub const CLUSTER_TYPE_URL: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
@@ -62,6 +62,8 @@ pub struct ClusterSpec {
     pub metadata: BTreeMap<String, String>,
     pub breaker: BreakerSettings,
     pub per_caller_limits: RateLimitSettings,
+    pub paths: PathRules,
+    pub forward_client_cert: ForwardClientCert,
 }
 
 /// CDS: a cluster must carry valid `typed_filter_metadata["meshward"]`.
@@ -94,12 +96,18 @@ impl Handler for ClusterHandler {
         let breaker = breaker(meta.breaker.as_ref());
         let per_caller_limits = rate_limit(meta.per_caller_limits.as_ref())
             .map_err(|e| format!("metadata per_caller_limits: {e}"))?;
+        let paths =
+            PathRules::try_from(meta.paths.as_ref()).map_err(|e| format!("metadata {e}"))?;
+        let forward_client_cert = ForwardClientCert::from_wire(meta.forward_client_cert)
+            .map_err(|e| format!("metadata {e}"))?;
         Ok(ClusterSpec {
             name: cluster.name,
             spiffe_id: meta.spiffe_id,
             metadata,
             breaker,
             per_caller_limits,
+            paths,
+            forward_client_cert,
         })
     }
 }
@@ -205,6 +213,26 @@ impl Handler for PolicyHandler {
     }
 }
 
+/// Meshward `DataplaneSettings`: listener limits in range.
+#[derive(Debug)]
+pub struct SettingsHandler;
+
+impl Handler for SettingsHandler {
+    type Item = ListenerLimits;
+    const TYPE_URL: &'static str = meshward_proto::spec::DATAPLANE_SETTINGS_TYPE_URL;
+
+    fn validate(name: &str, resource: &Any) -> Result<ListenerLimits, String> {
+        let settings: mw::DataplaneSettings = decode(Self::TYPE_URL, resource)?;
+        if settings.name != name {
+            return Err(format!(
+                "resource name {name:?} but settings name {:?}",
+                settings.name
+            ));
+        }
+        ListenerLimits::try_from(settings.listeners.as_ref())
+    }
+}
+
 /// Meshward `Agent`: named by its SPIFFE ID.
 #[derive(Debug)]
 pub struct AgentHandler;
@@ -273,6 +301,7 @@ fn rate_limit(limit: Option<&mw::RateLimit>) -> Result<RateLimitSettings, String
         burst: limit.burst,
         max_concurrent: limit.max_concurrent,
         per_destination: limit.per_destination,
+        count_denied: limit.count_denied.unwrap_or(true),
     })
 }
 

@@ -36,6 +36,7 @@ fn mesh() -> Mesh {
             burst: 10,
             max_concurrent: 20,
             per_destination: false,
+            count_denied: true,
         },
     };
     let service = Service {
@@ -46,10 +47,13 @@ fn mesh() -> Mesh {
         metadata: BTreeMap::from([("team".to_string(), "platform".to_string())]),
         breaker: Default::default(),
         per_caller_limits: RateLimitSettings::default(),
+        paths: Default::default(),
+        forward_client_cert: Default::default(),
     };
     Mesh {
         source: PathBuf::from("mesh.yaml"),
         trust_domain: "example.org".into(),
+        listeners: Default::default(),
         services: BTreeMap::from([(service.name.clone(), service)]),
         agents: BTreeMap::from([(agent.name.clone(), agent)]),
         policy: PolicyBundle {

@@ -33,6 +33,8 @@ const MAX_FRAME_PAYLOAD: usize = 16_384;
 const MAX_HEADER_BLOCK: usize = 1 << 20;
 /// In-memory pipe capacity between the relay and the server.
 const PIPE_CAPACITY: usize = 64 * 1024;
+/// RFC 7541 §4.2: the dynamic table size until SETTINGS say otherwise.
+const DEFAULT_HEADER_TABLE_SIZE: usize = 4096;
 /// What replaces an invalid `:authority`.
 const FALLBACK_AUTHORITY: &[u8] = b"localhost";
 
@@ -83,7 +85,10 @@ where
         tokio::io::copy(&mut rd, &mut wr).await?;
         return wr.shutdown().await;
     }
-    let mut decoder = hpack::Decoder::new();
+    let mut decoder = loona_hpack::Decoder::new();
+    // The server never advertises a larger table (SETTINGS_HEADER_TABLE_SIZE
+    // stays at its default), so a client may not ask for more memory.
+    decoder.set_max_allowed_table_size(DEFAULT_HEADER_TABLE_SIZE);
     let mut pending: Option<PendingHeaders> = None;
     loop {
         let mut head = [0u8; 9];
@@ -166,7 +171,7 @@ fn split_headers_payload(flags: u8, payload: &[u8]) -> io::Result<(&[u8], &[u8])
 
 /// Decodes one header block and re-encodes it, with a valid `:authority`, as
 /// literals without indexing.
-fn rewrite_block(decoder: &mut hpack::Decoder<'_>, block: &[u8]) -> io::Result<Vec<u8>> {
+fn rewrite_block(decoder: &mut loona_hpack::Decoder<'_>, block: &[u8]) -> io::Result<Vec<u8>> {
     let headers = decoder
         .decode(block)
         .map_err(|e| invalid(format!("HPACK: {e:?}")))?;
@@ -264,7 +269,7 @@ mod tests {
     type HeaderList = Vec<(Vec<u8>, Vec<u8>)>;
 
     fn decode(block: &[u8]) -> Result<HeaderList, Box<dyn std::error::Error>> {
-        hpack::Decoder::new()
+        loona_hpack::Decoder::new()
             .decode(block)
             .map_err(|e| format!("{e:?}").into())
     }
@@ -285,10 +290,10 @@ mod tests {
         assert!(!valid_authority(path));
         // A client encoder indexes headers, so the second request refers to
         // the first one's entries: the relay must still see (and fix) them.
-        let mut encoder = hpack::Encoder::new();
+        let mut encoder = loona_hpack::Encoder::new();
         let first = encoder.encode(request(path));
         let second = encoder.encode(request(path));
-        let mut decoder = hpack::Decoder::new();
+        let mut decoder = loona_hpack::Decoder::new();
         for block in [first, second] {
             let rewritten = decode(&rewrite_block(&mut decoder, &block)?)?;
             let expected: HeaderList = request(b"localhost")
@@ -302,10 +307,50 @@ mod tests {
 
     #[test]
     fn valid_authority_is_kept() -> TestResult {
-        let block = hpack::Encoder::new().encode(request(b"localhost:1234"));
-        let rewritten = decode(&rewrite_block(&mut hpack::Decoder::new(), &block)?)?;
+        let block = loona_hpack::Encoder::new().encode(request(b"localhost:1234"));
+        let rewritten = decode(&rewrite_block(&mut loona_hpack::Decoder::new(), &block)?)?;
         assert!(rewritten.contains(&(b":authority".to_vec(), b"localhost:1234".to_vec())));
         Ok(())
+    }
+
+    /// Blocks that end inside an integer, a string or a size update, and a
+    /// size update beyond the table the server allows: each is an error
+    /// that ends the connection, never a panic (the old `hpack` 0.3 crate
+    /// panicked on the truncated size update, `decoder.rs:453`).
+    #[test]
+    fn malformed_blocks_are_errors_not_panics() {
+        let full = loona_hpack::Encoder::new().encode(request(b"localhost"));
+        let mut cases: Vec<Vec<u8>> = vec![
+            vec![0x3f],                                     // size update, integer cut short
+            vec![0x3f, 0xff],                               // ... still cut short
+            vec![0x3f, 0xe1, 0xff, 0x03],                   // size update to 65_536 (> 4096)
+            vec![0x00, 0x7f],                               // literal, name length cut short
+            vec![0x00, 0x05, b'a'],                         // literal, name shorter than said
+            vec![0x00, 0x01, b'a', 0x85],                   // value length 5 of nothing
+            vec![0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x0f], // index overflows
+            vec![0xbe],                                     // index 62: dynamic table is empty
+        ];
+        for cut in 1..full.len() {
+            cases.push(full[..cut].to_vec());
+        }
+        for block in cases {
+            let mut decoder = loona_hpack::Decoder::new();
+            decoder.set_max_allowed_table_size(DEFAULT_HEADER_TABLE_SIZE);
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                rewrite_block(&mut decoder, &block).map(|_| ())
+            }));
+            match result {
+                Err(_) => panic!("panicked on {block:02x?}"),
+                // A prefix can be a whole (shorter) header list: fine.
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{block:02x?}"),
+            }
+        }
+        for bad in [vec![0x3f], vec![0x3f, 0xe1, 0xff, 0x03], vec![0xbe]] {
+            let mut decoder = loona_hpack::Decoder::new();
+            decoder.set_max_allowed_table_size(DEFAULT_HEADER_TABLE_SIZE);
+            assert!(rewrite_block(&mut decoder, &bad).is_err(), "{bad:02x?}");
+        }
     }
 
     #[test]
