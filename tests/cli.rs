@@ -1,5 +1,6 @@
 //! The `meshward` binary itself: `validate` reports every error with file,
-//! line and field; `up` serves, writes up.json, and stops cleanly on SIGTERM.
+//! line and field; `up` raises its descriptor limit, serves, writes up.json,
+//! and stops cleanly on SIGTERM.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -69,7 +70,10 @@ fn validate_reports_every_error_with_file_line_and_field() {
 fn up_serves_writes_up_json_and_stops_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
-    let mut child = Command::new(BIN)
+    // Started with a small soft descriptor limit (`exec` keeps the pid), to
+    // see the process raise it to the hard limit.
+    let mut child = Command::new("sh")
+        .args(["-c", "ulimit -Sn 256 && exec \"$0\" \"$@\"", BIN])
         .arg("up")
         .arg("--state-dir")
         .arg(&state)
@@ -116,6 +120,9 @@ fn up_serves_writes_up_json_and_stops_on_sigterm() {
     );
 
     let pid = child.id().to_string();
+    let (soft, hard) = open_file_limits(&pid);
+    assert!(hard > 256, "hard limit {hard} leaves nothing to raise");
+    assert_eq!(soft, hard, "soft RLIMIT_NOFILE was not raised");
     assert!(
         Command::new("kill")
             .args(["-TERM", &pid])
@@ -135,6 +142,20 @@ fn up_serves_writes_up_json_and_stops_on_sigterm() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "exit status {status}");
+}
+
+/// Soft and hard "Max open files" of a process, from /proc.
+fn open_file_limits(pid: &str) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_else(|| panic!("no open-files line in:\n{limits}"));
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (numbers[0], numbers[1])
 }
 
 fn http_post(addr: &str, path: &str, body: &str) -> String {

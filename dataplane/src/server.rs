@@ -140,6 +140,7 @@ impl AdminSource for Status {
                 "warm": true,
                 "versions": s.versions,
                 "policy_revision": s.policy.revision(),
+                "listeners": listener_limits_json(&s.listeners),
                 "clusters": s.clusters.values().map(|u| serde_json::json!({
                     "name": u.name,
                     "spiffe_id": u.spiffe_id,
@@ -155,6 +156,18 @@ impl AdminSource for Status {
             }),
         }
     }
+}
+
+fn listener_limits_json(l: &ListenerLimits) -> serde_json::Value {
+    serde_json::json!({
+        "header_read_timeout_ms": l.header_read_timeout.as_millis() as u64,
+        "idle_timeout_ms": l.idle_timeout.as_millis() as u64,
+        "max_connections": l.max_connections,
+        "max_connections_per_client_ip": l.max_connections_per_client_ip,
+        "max_request_headers_bytes": l.max_request_headers_bytes,
+        "max_concurrent_streams": l.max_concurrent_streams,
+        "admin_max_connections": l.admin_max_connections,
+    })
 }
 
 impl Dataplane {

@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod raw;
 pub mod scenarios;
 pub mod spire;
 

@@ -46,15 +46,30 @@ pub(crate) fn relay(client: UnixStream) -> DuplexStream {
     tokio::spawn(async move {
         let (client_rd, mut client_wr) = client.into_split();
         let (mut relay_rd, relay_wr) = tokio::io::split(relay_end);
-        let upstream = tokio::spawn(async move {
-            if let Err(e) = rewrite_requests(client_rd, relay_wr).await {
-                tracing::debug!(error = %e, "workload socket connection dropped");
+        let outcome = {
+            let requests = rewrite_requests(client_rd, relay_wr);
+            let responses = tokio::io::copy(&mut relay_rd, &mut client_wr);
+            tokio::pin!(requests, responses);
+            tokio::select! {
+                r = &mut requests => match r {
+                    // The client is done sending: the server finishes answering.
+                    Ok(()) => {
+                        let _ = responses.await;
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                },
+                // The server's side ended the connection.
+                _ = &mut responses => Ok(()),
             }
-        });
-        // The server's side decides when the connection is over.
-        let _ = tokio::io::copy(&mut relay_rd, &mut client_wr).await;
+        };
+        // On a malformed stream both directions are dropped here, which
+        // closes the server's end too: the server sees the connection end.
+        drop(relay_rd);
+        if let Err(e) = outcome {
+            tracing::debug!(error = %e, "workload socket connection dropped");
+        }
         let _ = client_wr.shutdown().await;
-        upstream.abort();
     });
     server_end
 }

@@ -218,3 +218,42 @@ async fn svids_rotate_at_half_ttl() -> TestResult {
     dev.shutdown().await;
     Ok(())
 }
+
+/// A truncated HPACK block on a workload socket (a HEADERS frame whose block
+/// ends inside a dynamic table size update) closes that connection and
+/// nothing else: the same socket keeps serving the next client. With the
+/// unmaintained `hpack` 0.3 crate this panicked the relay task.
+#[tokio::test]
+async fn truncated_hpack_block_closes_only_that_connection() -> TestResult {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (dev, _dir) = dev_server(LONG_TTL).await?;
+    let path = dev.register(CLIENT_ID).await?;
+    let mut raw = UnixStream::connect(&path).await?;
+    raw.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await?;
+    // An empty SETTINGS frame, then HEADERS (END_HEADERS) on stream 1 whose
+    // block is one byte: a size update whose integer never ends.
+    raw.write_all(&[0, 0, 0, 0x4, 0, 0, 0, 0, 0]).await?;
+    raw.write_all(&[0, 0, 1, 0x1, 0x4 | 0x1, 0, 0, 0, 1, 0x3f])
+        .await?;
+    // The relay drops the connection: the read side ends (after whatever
+    // the server had already written, such as its SETTINGS).
+    let mut sink = Vec::new();
+    tokio::time::timeout(WAIT, raw.read_to_end(&mut sink))
+        .await
+        .map_err(|_| "the connection with the truncated block stayed open")??;
+
+    // The socket still serves a well-behaved client.
+    let mut client = raw_client(&path).await?;
+    let mut stream = client
+        .fetch_x509svid(with_header(X509svidRequest {}))
+        .await?
+        .into_inner();
+    let first = tokio::time::timeout(WAIT, stream.message())
+        .await?
+        .map_err(|e| format!("after the bad client: {e}"))?
+        .ok_or("no SVID")?;
+    assert_eq!(first.svids.len(), 1);
+    dev.shutdown().await;
+    Ok(())
+}
