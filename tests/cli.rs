@@ -66,47 +66,112 @@ fn validate_reports_every_error_with_file_line_and_field() {
     assert!(stderr.contains("3 error(s)"), "{stderr}");
 }
 
-#[test]
-fn up_serves_writes_up_json_and_stops_on_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    // Started with a small soft descriptor limit (`exec` keeps the pid), to
-    // see the process raise it to the hard limit.
-    let mut child = Command::new("sh")
-        .args(["-c", "ulimit -Sn 256 && exec \"$0\" \"$@\"", BIN])
-        .arg("up")
-        .arg("--state-dir")
-        .arg(&state)
-        .current_dir(repo())
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Readiness signal: the one "mesh ready" log line.
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+/// `meshward up` started through `sh -c '<shell>; exec meshward up ...'`
+/// (so the pid is meshward's), running once it logged "mesh ready"; every
+/// later stderr line arrives on the receiver.
+struct UpProcess {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+    info: serde_json::Value,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl UpProcess {
+    fn start(shell: &str) -> UpProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        let mut child = Command::new("sh")
+            .args(["-c", &format!("{shell} && exec \"$0\" \"$@\""), BIN])
+            .arg("up")
+            .arg("--state-dir")
+            .arg(&state)
+            .current_dir(repo())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Readiness signal: the one "mesh ready" log line.
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx.recv_timeout(left).expect("mesh ready within 60s");
             if line.contains("mesh ready") {
-                let _ = tx.send(());
+                break;
             }
         }
-    });
-    rx.recv_timeout(Duration::from_secs(60))
-        .expect("mesh ready within 60s");
+        let info =
+            serde_json::from_str(&std::fs::read_to_string(state.join("up.json")).unwrap()).unwrap();
+        UpProcess {
+            child,
+            _dir: dir,
+            info,
+            lines: rx,
+        }
+    }
 
-    let info: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(state.join("up.json")).unwrap()).unwrap();
-    let outbound = info["agents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["name"] == "support-triage")
-        .unwrap()["outbound"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    fn pid(&self) -> String {
+        self.child.id().to_string()
+    }
+
+    /// The address `key` of the agent or service `name` in up.json.
+    fn addr(&self, kind: &str, name: &str, key: &str) -> String {
+        self.info[kind]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["name"] == name)
+            .unwrap()[key]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// SIGTERM, then the exit status (within 20 s).
+    fn terminate(mut self) -> std::process::ExitStatus {
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &self.pid()])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "meshward up did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for UpProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn up_serves_writes_up_json_and_stops_on_sigterm() {
+    // Started with a small soft descriptor limit, to see the process raise
+    // it to the hard limit.
+    let up = UpProcess::start("ulimit -Sn 256");
+    let outbound = up.addr("agents", "support-triage", "outbound");
     // A request through the real binary, with a plain HTTP/1.1 exchange.
     let reply = http_post(
         &outbound,
@@ -118,29 +183,87 @@ fn up_serves_writes_up_json_and_stops_on_sigterm() {
         reply.contains("spiffe://example.org/agent/support-triage"),
         "{reply}"
     );
-
-    let pid = child.id().to_string();
-    let (soft, hard) = open_file_limits(&pid);
+    let (soft, hard) = open_file_limits(&up.pid());
     assert!(hard > 256, "hard limit {hard} leaves nothing to raise");
     assert_eq!(soft, hard, "soft RLIMIT_NOFILE was not raised");
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
+    let status = up.terminate();
+    assert!(status.success(), "exit status {status}");
+}
+
+/// CPU seconds (user + system) a process has used, from /proc.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the whole line.
+    let after = stat.rsplit_once(')').unwrap().1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+/// With its descriptors exhausted (hard limit 160) and connections pending
+/// on every listener, including admin, `up` backs off on accept errors
+/// instead of spinning a core and flooding the log, and serves again once
+/// descriptors are free.
+#[test]
+fn accept_errors_back_off_when_descriptors_run_out() {
+    let up = UpProcess::start("ulimit -n 160");
+    let pid = up.pid();
+    let outbound = up.addr("agents", "billing-bot", "outbound");
+    let admin = up.addr("agents", "billing-bot", "admin");
+    // Hold connections until the process has no descriptor left, then queue
+    // some on the admin listener too.
+    let mut held = Vec::new();
+    for _ in 0..200 {
+        if let Ok(s) = std::net::TcpStream::connect(&outbound) {
+            held.push(s);
+        }
+    }
+    for _ in 0..5 {
+        if let Ok(s) = std::net::TcpStream::connect(&admin) {
+            held.push(s);
+        }
+    }
+    let exhausted = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        up.lines.try_iter().any(|l| l.contains("accept failed"))
+    });
+    assert!(exhausted, "the process never ran out of descriptors");
+    let cpu_before = cpu_seconds(&pid);
+    let window = Duration::from_secs(2);
+    std::thread::sleep(window);
+    let used = cpu_seconds(&pid) - cpu_before;
+    let logged = up
+        .lines
+        .try_iter()
+        .filter(|l| l.contains("accept failed"))
+        .count();
+    assert!(used < 0.5, "{used:.2} CPU-seconds in {window:?} at EMFILE");
+    assert!(logged < 40, "{logged} accept warnings in {window:?}");
+
+    // Free the descriptors: the process serves again.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut s = std::net::TcpStream::connect(&admin).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        use std::io::{Read, Write};
+        let _ = write!(
+            s,
+            "GET /ready HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+        );
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        if out.starts_with("HTTP/1.1 200") {
+            break;
         }
         assert!(
             Instant::now() < deadline,
-            "meshward up did not exit after SIGTERM"
+            "admin not serving after the descriptors were freed"
         );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = up.terminate();
     assert!(status.success(), "exit status {status}");
 }
 

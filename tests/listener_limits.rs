@@ -81,6 +81,10 @@ async fn half_open_and_trickling_connections_are_closed_after_the_header_read_ti
     // A prompt client is served on the same listeners.
     let ok = raw::get(&listeners[0].1, "/mcp://hello-skill/say-hello", "").await;
     assert_eq!(ok.status, Some(200), "{}", ok.text);
+    // Request headers beyond max_request_headers_kb (60 KiB by default).
+    let big = format!("x-big: {}\r\n", "a".repeat(70 * 1024));
+    let refused = raw::get(&listeners[0].1, "/mcp://hello-skill/say-hello", &big).await;
+    assert_eq!(refused.status, Some(431), "{}", refused.text);
     let metrics = raw::get(&listeners[2].1, "/metrics", "").await;
     assert!(
         metrics
