@@ -403,3 +403,85 @@ where
         _ = opts.stop.cancelled() => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn listener(kind: ListenerKind) -> Listener {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Listener::new(tcp, kind, "test")
+    }
+
+    fn limits(max: u32, per_ip: u32, admin: u32) -> ListenerLimits {
+        ListenerLimits {
+            max_connections: max,
+            max_connections_per_client_ip: per_ip,
+            admin_max_connections: admin,
+            ..ListenerLimits::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn caps_per_listener_and_per_client_ip_release_on_drop() {
+        let l = listener(ListenerKind::Outbound).await;
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let lim = limits(3, 2, 1);
+        let a1 = l.admit(a, &lim).unwrap();
+        let _a2 = l.admit(a, &lim).unwrap();
+        assert_eq!(
+            l.admit(a, &lim).err(),
+            Some("max_connections_per_client_ip")
+        );
+        assert_eq!(l.open_connections(), 2, "a refused slot is given back");
+        let _b1 = l.admit(b, &lim).unwrap();
+        assert_eq!(l.admit(b, &lim).err(), Some("max_connections"));
+        drop(a1);
+        assert_eq!(l.open_connections(), 2);
+        assert!(l.admit(a, &lim).is_ok(), "room again after a drop");
+        assert!(
+            l.per_ip.lock().unwrap().get(&a).copied() <= Some(2),
+            "per-IP count stays in step"
+        );
+    }
+
+    #[tokio::test]
+    async fn admin_and_inbound_use_their_own_caps_and_no_per_ip_cap() {
+        let admin = listener(ListenerKind::Admin).await;
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let lim = limits(10, 1, 2);
+        let _x = admin.admit(ip, &lim).unwrap();
+        let _y = admin.admit(ip, &lim).unwrap();
+        assert_eq!(admin.admit(ip, &lim).err(), Some("max_connections"));
+        let inbound = listener(ListenerKind::Inbound).await;
+        let held: Vec<_> = (0..10).map(|_| inbound.admit(ip, &lim).unwrap()).collect();
+        assert_eq!(inbound.admit(ip, &lim).err(), Some("max_connections"));
+        drop(held);
+        assert_eq!(inbound.open_connections(), 0);
+        assert!(inbound.per_ip.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn activity_is_idle_only_with_nothing_in_flight() {
+        let activity = Arc::new(Activity {
+            in_flight: AtomicUsize::new(0),
+            seen_request: AtomicBool::new(false),
+            idle_since: AtomicU64::new(0),
+            start: Instant::now(),
+        });
+        assert!(activity.idle_for().is_some());
+        let first = InFlight::new(activity.clone());
+        let second = InFlight::new(activity.clone());
+        assert!(activity.seen_request.load(Ordering::Acquire));
+        assert_eq!(activity.idle_for(), None);
+        drop(first);
+        assert_eq!(activity.idle_for(), None, "one request still in flight");
+        drop(second);
+        let idle = activity.idle_for().expect("idle");
+        assert!(
+            idle < Duration::from_secs(1),
+            "idle since the last request ended"
+        );
+    }
+}

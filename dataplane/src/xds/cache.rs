@@ -228,6 +228,7 @@ mod tests {
     use prost::Message;
 
     use super::*;
+    use crate::state::ListenerLimits;
 
     const GOOD: &str = "package meshward.authz\n\ndefault decision := false\n";
 
@@ -288,6 +289,7 @@ mod tests {
         for t in [
             ClusterHandler::TYPE_URL,
             EndpointHandler::TYPE_URL,
+            SettingsHandler::TYPE_URL,
             AgentHandler::TYPE_URL,
         ] {
             assert_eq!(c.apply(&response(t, vec![], &[])), Ok(()));
@@ -314,6 +316,67 @@ mod tests {
             Ok(())
         );
         assert!(c.state().is_some());
+    }
+
+    #[test]
+    fn listener_limits_come_from_the_settings_resource_or_default() {
+        let mut c = warm_without_policy();
+        assert_eq!(
+            c.apply(&response(
+                PolicyHandler::TYPE_URL,
+                vec![("default", bundle(GOOD))],
+                &[]
+            )),
+            Ok(())
+        );
+        // The control plane sent no settings: defaults.
+        let state = c.state().expect("warm");
+        assert_eq!(state.listeners, ListenerLimits::default());
+        let settings = |max_connections| Any {
+            type_url: SettingsHandler::TYPE_URL.into(),
+            value: mw::DataplaneSettings {
+                name: "default".into(),
+                listeners: Some(mw::ListenerLimits {
+                    max_connections,
+                    ..Default::default()
+                }),
+            }
+            .encode_to_vec(),
+        };
+        assert_eq!(
+            c.apply(&response(
+                SettingsHandler::TYPE_URL,
+                vec![("default", settings(7))],
+                &[]
+            )),
+            Ok(())
+        );
+        assert_eq!(c.state().expect("warm").listeners.max_connections, 7);
+        // Out of range: NACKed with the field, the last good value stays.
+        let nack = c.apply(&response(
+            SettingsHandler::TYPE_URL,
+            vec![(
+                "default",
+                Any {
+                    type_url: SettingsHandler::TYPE_URL.into(),
+                    value: mw::DataplaneSettings {
+                        name: "default".into(),
+                        listeners: Some(mw::ListenerLimits {
+                            max_request_headers_bytes: 10,
+                            ..Default::default()
+                        }),
+                    }
+                    .encode_to_vec(),
+                },
+            )],
+            &[],
+        ));
+        assert!(
+            nack.as_ref()
+                .is_err_and(|e| e.contains("listeners.max_request_headers_kb")),
+            "{nack:?}"
+        );
+        assert_eq!(c.state().expect("warm").listeners.max_connections, 7);
     }
 
     #[test]

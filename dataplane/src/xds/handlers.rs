@@ -423,6 +423,67 @@ mod tests {
         assert!(AgentHandler::validate(id, &any(mw::AGENT_TYPE_URL, &agent)).is_err());
     }
 
+    fn cluster_with(meta: mw::ServiceMetadata) -> Any {
+        let cluster = Cluster {
+            name: "s".into(),
+            metadata: Some(envoy_types::pb::envoy::config::core::v3::Metadata {
+                typed_filter_metadata: [(
+                    SERVICE_METADATA_KEY.to_string(),
+                    any(SERVICE_METADATA_TYPE_URL, &meta),
+                )]
+                .into_iter()
+                .collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        any(CLUSTER_TYPE_URL, &cluster)
+    }
+
+    #[test]
+    fn cluster_path_rules_and_client_cert_mode_are_checked() {
+        let meta = mw::ServiceMetadata {
+            spiffe_id: "spiffe://example.org/service/s".into(),
+            paths: Some(mw::PathRules {
+                escaped_slashes: mw::PathAction::Keep as i32,
+                path_parameters: mw::PathAction::Reject as i32,
+            }),
+            forward_client_cert: mw::ForwardClientCert::SanitizeSet as i32,
+            ..Default::default()
+        };
+        let spec = ClusterHandler::validate("s", &cluster_with(meta.clone())).unwrap();
+        assert_eq!(
+            spec.paths.escaped_slashes,
+            meshward_proto::spec::PathAction::Keep
+        );
+        assert_eq!(spec.forward_client_cert, ForwardClientCert::SanitizeSet);
+        // Absent: the safe defaults.
+        let bare = mw::ServiceMetadata {
+            spiffe_id: meta.spiffe_id.clone(),
+            ..Default::default()
+        };
+        let spec = ClusterHandler::validate("s", &cluster_with(bare)).unwrap();
+        assert_eq!(spec.paths, PathRules::default());
+        assert_eq!(spec.forward_client_cert, ForwardClientCert::Sanitize);
+        assert!(spec.per_caller_limits.count_denied);
+        // Values this dataplane does not know are NACKed, not guessed.
+        let unknown_action = mw::ServiceMetadata {
+            paths: Some(mw::PathRules {
+                escaped_slashes: 7,
+                path_parameters: 0,
+            }),
+            ..meta.clone()
+        };
+        let err = ClusterHandler::validate("s", &cluster_with(unknown_action)).unwrap_err();
+        assert!(err.contains("paths.escaped_slashes"), "{err}");
+        let unknown_mode = mw::ServiceMetadata {
+            forward_client_cert: 9,
+            ..meta
+        };
+        let err = ClusterHandler::validate("s", &cluster_with(unknown_mode)).unwrap_err();
+        assert!(err.contains("forward_client_cert"), "{err}");
+    }
+
     #[test]
     fn cluster_requires_meshward_metadata() {
         let cluster = Cluster {

@@ -214,7 +214,8 @@ async fn warm_state_arrives_over_mtls() {
     assert_eq!(triage.permissions, vec!["skills:invoke".to_string()]);
     assert_eq!(triage.limits.burst, 10);
     assert_eq!(state.policy.revision(), "r1");
-    assert_eq!(state.versions.len(), 4);
+    assert_eq!(state.versions.len(), 5);
+    assert_eq!(state.listeners, mesh().listeners);
 
     task.abort();
     cp.stop().await;
