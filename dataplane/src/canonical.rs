@@ -45,6 +45,8 @@ pub enum PathError {
     ControlCharacter,
     #[error("path parameter (';') in path")]
     PathParameter,
+    #[error("'#' in path (a fragment is never sent to a server)")]
+    Fragment,
     #[error("path climbs above the root with '..'")]
     ClimbsAboveRoot,
 }
@@ -121,6 +123,7 @@ pub fn canonicalize(path_and_query: &str, rules: PathRules) -> Result<CanonicalP
                 i += 2;
             }
             Some(b'\\') => return Err(PathError::Backslash),
+            Some(b'#') => return Err(PathError::Fragment),
             Some(b';') => {
                 if rules.path_parameters == PathAction::Reject {
                     return Err(PathError::PathParameter);
@@ -181,7 +184,7 @@ fn end_segment(
 
 /// Printable ASCII that RFC 3986 does not allow in a path; some clients send
 /// them raw, so they are escaped rather than refused.
-const NOT_IN_RFC3986: &[u8] = b"\"<>^`{|}";
+const NOT_IN_RFC3986: &[u8] = b"\"<>[]^`{|}";
 
 /// RFC 3986 §2.3: ALPHA / DIGIT / "-" / "." / "_" / "~".
 fn is_unreserved(c: u8) -> bool {

@@ -32,6 +32,14 @@ pub fn load(path: &Path) -> Result<Mesh, ConfigErrors> {
     attempt(path).result
 }
 
+/// [`load`] for text already in memory: `source` is the file the text came
+/// from, named by every error, and the policy directory is resolved against
+/// its parent. The file itself is not read. Exists so fuzzers and tests can
+/// drive the whole pipeline without a mesh file on disk.
+pub fn load_str(text: &str, source: &Path) -> Result<Mesh, ConfigErrors> {
+    attempt_text(text, source).result
+}
+
 /// `meshward validate <file>`: exactly what the control plane would accept.
 pub fn validate_file(path: impl AsRef<Path>) -> Result<Mesh, ConfigErrors> {
     load(path.as_ref())
@@ -53,15 +61,24 @@ fn base_dir(path: &Path) -> &Path {
 }
 
 pub(crate) fn attempt(path: &Path) -> Attempt {
+    match fs::read_to_string(path) {
+        Ok(text) => attempt_text(&text, path),
+        Err(e) => Attempt {
+            result: Err(
+                ConfigError::new(path, None, "", format!("cannot read mesh file: {e}")).into(),
+            ),
+            policy_dir: None,
+        },
+    }
+}
+
+/// Everything [`attempt`] does after reading the file.
+fn attempt_text(text: &str, path: &Path) -> Attempt {
     let fail = |line: Option<usize>, message: String| Attempt {
         result: Err(ConfigError::new(path, line, "", message).into()),
         policy_dir: None,
     };
-    let text = match fs::read_to_string(path) {
-        Ok(text) => text,
-        Err(e) => return fail(None, format!("cannot read mesh file: {e}")),
-    };
-    let doc = match yaml::parse(&text) {
+    let doc = match yaml::parse(text) {
         Ok(doc) => doc,
         Err(issue) => return fail(Some(issue.line), format!("invalid YAML: {}", issue.message)),
     };

@@ -58,6 +58,8 @@ fn every_spelling_of_admin_is_canonical_or_refused() {
         ("/admin%", PathError::BadEscape { at: 6 }),
         ("/ad min", PathError::ControlCharacter),
         ("/ad\tmin", PathError::ControlCharacter),
+        ("/public/..#", PathError::Fragment),
+        ("/admin#x", PathError::Fragment),
         ("admin", PathError::NotAbsolute),
         ("*", PathError::NotAbsolute),
         ("", PathError::NotAbsolute),
@@ -99,6 +101,7 @@ fn rewrites_follow_rfc3986() {
         ("/a%2d%5f%2E", "/a-_."),
         ("/caf\u{e9}", "/caf%C3%A9"),
         ("/a{b}|c", "/a%7Bb%7D%7Cc"),
+        ("/[v6]", "/%5Bv6%5D"),
         // The query is not part of the path: left as sent.
         ("/a/../b?x=/../y&z=%2F", "/b?x=/../y&z=%2F"),
         ("/?", "/?"),

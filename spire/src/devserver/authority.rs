@@ -31,10 +31,13 @@ const FLAG_PRIORITY: u8 = 0x20;
 const MAX_FRAME_PAYLOAD: usize = 16_384;
 /// Refuse header blocks beyond this (tonic's own limit is far lower).
 const MAX_HEADER_BLOCK: usize = 1 << 20;
+/// Refuse blocks whose decoded header list (RFC 7541 sizes) is larger: the
+/// Workload API needs a few hundred bytes, and h2's default limit is 16 KiB.
+const MAX_DECODED_HEADERS: usize = 64 * 1024;
 /// In-memory pipe capacity between the relay and the server.
 const PIPE_CAPACITY: usize = 64 * 1024;
 /// RFC 7541 §4.2: the dynamic table size until SETTINGS say otherwise.
-const DEFAULT_HEADER_TABLE_SIZE: usize = 4096;
+pub const DEFAULT_HEADER_TABLE_SIZE: usize = 4096;
 /// What replaces an invalid `:authority`.
 const FALLBACK_AUTHORITY: &[u8] = b"localhost";
 
@@ -115,6 +118,13 @@ where
         let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
         let (kind, flags) = (head[3], head[4]);
         let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+        // The server never raises SETTINGS_MAX_FRAME_SIZE: a larger frame is a
+        // protocol error, refused before its payload is buffered.
+        if len > MAX_FRAME_PAYLOAD {
+            return Err(invalid(format!(
+                "frame of {len} bytes exceeds the maximum frame size"
+            )));
+        }
         let mut payload = vec![0u8; len];
         rd.read_exact(&mut payload).await?;
 
@@ -127,6 +137,9 @@ where
                     priority: priority.to_vec(),
                     block: fragment.to_vec(),
                 };
+                if p.block.len() > MAX_HEADER_BLOCK {
+                    return Err(invalid("header block too large"));
+                }
                 if flags & FLAG_END_HEADERS != 0 {
                     Some(p)
                 } else {
@@ -185,23 +198,40 @@ fn split_headers_payload(flags: u8, payload: &[u8]) -> io::Result<(&[u8], &[u8])
 }
 
 /// Decodes one header block and re-encodes it, with a valid `:authority`, as
-/// literals without indexing.
-fn rewrite_block(decoder: &mut loona_hpack::Decoder<'_>, block: &[u8]) -> io::Result<Vec<u8>> {
-    let headers = decoder
-        .decode(block)
-        .map_err(|e| invalid(format!("HPACK: {e:?}")))?;
+/// literals without indexing. A block whose decoded header list exceeds
+/// [`MAX_DECODED_HEADERS`] is refused: indexed references let a 16 KiB block
+/// name a 4 KiB table entry thousands of times, and the rewrite writes every
+/// one out as a literal.
+pub fn rewrite_block(decoder: &mut loona_hpack::Decoder<'_>, block: &[u8]) -> io::Result<Vec<u8>> {
     let mut out = Vec::with_capacity(block.len() + 64);
-    for (name, value) in &headers {
-        let value = if name == b":authority" && !valid_authority(value) {
-            tracing::trace!(authority = %String::from_utf8_lossy(value), "replacing invalid :authority");
-            FALLBACK_AUTHORITY
-        } else {
-            value.as_slice()
-        };
-        // Literal header field without indexing, new name (RFC 7541 §6.2.2).
-        out.push(0x00);
-        encode_string(&mut out, name);
-        encode_string(&mut out, value);
+    // RFC 7541 §4.1 sizes: name + value + 32 per field.
+    let mut decoded = 0usize;
+    let mut too_large = false;
+    decoder
+        .decode_with_cb(block, |name, value| {
+            decoded = decoded.saturating_add(name.len() + value.len() + 32);
+            if decoded > MAX_DECODED_HEADERS {
+                too_large = true;
+            }
+            if too_large {
+                return;
+            }
+            let value: &[u8] = if name.as_ref() == b":authority" && !valid_authority(&value) {
+                tracing::trace!(authority = %String::from_utf8_lossy(&value), "replacing invalid :authority");
+                FALLBACK_AUTHORITY
+            } else {
+                &value
+            };
+            // Literal header field without indexing, new name (RFC 7541 §6.2.2).
+            out.push(0x00);
+            encode_string(&mut out, &name);
+            encode_string(&mut out, value);
+        })
+        .map_err(|e| invalid(format!("HPACK: {e:?}")))?;
+    if too_large {
+        return Err(invalid(format!(
+            "decoded header list larger than {MAX_DECODED_HEADERS} bytes"
+        )));
     }
     Ok(out)
 }
@@ -366,6 +396,29 @@ mod tests {
             decoder.set_max_allowed_table_size(DEFAULT_HEADER_TABLE_SIZE);
             assert!(rewrite_block(&mut decoder, &bad).is_err(), "{bad:02x?}");
         }
+    }
+
+    /// One 4 KiB table entry referenced from every byte of a 16 KiB block
+    /// would decode to 64 MiB of literals; the relay refuses it instead.
+    #[test]
+    fn blocks_that_expand_beyond_the_limit_are_refused() {
+        let big = vec![b'a'; 4000];
+        let mut block = vec![0x40]; // literal with incremental indexing, new name
+        encode_string(&mut block, b"x-big");
+        encode_string(&mut block, &big);
+        block.extend(std::iter::repeat_n(0xbe, 16 * 1024)); // index 62: that entry
+        let mut decoder = loona_hpack::Decoder::new();
+        decoder.set_max_allowed_table_size(DEFAULT_HEADER_TABLE_SIZE);
+        let err = rewrite_block(&mut decoder, &block).unwrap_err();
+        assert!(err.to_string().contains("larger than"), "{err}");
+        // A handful of references stays well within the limit.
+        let mut small = vec![0x40];
+        encode_string(&mut small, b"x-big");
+        encode_string(&mut small, &big);
+        small.extend([0xbe; 3]);
+        let mut decoder = loona_hpack::Decoder::new();
+        let rewritten = decode(&rewrite_block(&mut decoder, &small).unwrap()).unwrap();
+        assert_eq!(rewritten.len(), 4);
     }
 
     #[test]

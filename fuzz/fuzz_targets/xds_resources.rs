@@ -1,0 +1,17 @@
+//! Fuzzes the dataplane's xDS resource validators (ACK or NACK, never panic).
+//!
+//! The input layout and the properties are in `meshward::fuzz_checks::xds_resources`,
+//! shared with the stable replay test `tests/fuzz_regressions.rs`.
+
+#![no_main]
+
+use libfuzzer_sys::{Corpus, fuzz_target};
+use meshward::fuzz_checks::Verdict;
+
+// Inputs the check skips stay out of the corpus.
+fuzz_target!(|data: &[u8]| -> Corpus {
+    match meshward::fuzz_checks::xds_resources(data) {
+        Verdict::Skipped => Corpus::Reject,
+        Verdict::Accepted | Verdict::Rejected => Corpus::Keep,
+    }
+});

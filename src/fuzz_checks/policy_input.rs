@@ -1,0 +1,95 @@
+//! `policy_input`: the policy input document, built from any request.
+//!
+//! Every request the proxy authorizes goes through `build_input`, with
+//! method, path, host, headers and body straight from the client. The
+//! properties: no panic, the result is a JSON object that serializes, and it
+//! reports the request as it came (`attributes.request.http` has the method,
+//! path and host given, every header sent, the body size; `parsed_path` is a
+//! list), since policies decide on those values.
+//!
+//! Input, in order: a direction byte (modulo 3); method, path and host, each
+//! a length byte and that many bytes (UTF-8, invalid bytes replaced); a
+//! header count byte (modulo 16) and that many name/value pairs, each a
+//! length byte and bytes, kept only where `http` accepts them; a byte whose
+//! low bit says whether a body follows; the rest is the body.
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use meshward_dataplane::policy::{Direction, RequestFacts, build_input};
+use serde_json::Value;
+
+use super::Verdict;
+use super::input::Input;
+
+pub fn policy_input(data: &[u8]) -> Verdict {
+    let mut input = Input::new(data);
+    let direction = match input.byte().map(|b| b % 3) {
+        None => return Verdict::Skipped,
+        Some(0) => Direction::Outbound,
+        Some(1) => Direction::Inbound,
+        Some(_) => Direction::ExtAuthz,
+    };
+    let method = String::from_utf8_lossy(input.prefixed8());
+    let path = String::from_utf8_lossy(input.prefixed8());
+    let host = String::from_utf8_lossy(input.prefixed8());
+    let mut headers = HeaderMap::new();
+    for _ in 0..input.byte().map_or(0, |n| n % 16) {
+        let name = input.prefixed8();
+        let value = input.prefixed8();
+        if let (Ok(name), Ok(value)) =
+            (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+        {
+            headers.append(name, value);
+        }
+    }
+    let has_body = input.byte().is_some_and(|b| b & 1 == 1);
+    let body = has_body.then(|| input.rest());
+
+    let doc = build_input(&RequestFacts {
+        direction,
+        method: &method,
+        path: &path,
+        host: &host,
+        scheme: "https",
+        protocol: "HTTP/2",
+        headers: &headers,
+        body,
+        request_id: "fuzz",
+        source_principal: Some("spiffe://example.org/agent/a"),
+        destination_principal: None,
+        source_address: None,
+        destination_address: None,
+        caller: None,
+        service: None,
+    });
+
+    let shown = || format!("method {method:?} path {path:?} host {host:?}");
+    assert!(doc.is_object(), "input is not an object for {}", shown());
+    let http = &doc["attributes"]["request"]["http"];
+    assert_eq!(http["path"].as_str(), Some(&*path), "{}", shown());
+    assert_eq!(http["method"].as_str(), Some(&*method), "{}", shown());
+    assert_eq!(http["host"].as_str(), Some(&*host), "{}", shown());
+    for name in headers.keys() {
+        assert!(
+            http["headers"][name.as_str()].is_string(),
+            "header {name} missing for {}",
+            shown()
+        );
+    }
+    assert_eq!(http["headers"][":path"].as_str(), Some(&*path));
+    assert_eq!(
+        http["size"].as_u64(),
+        body.map(|b| b.len() as u64),
+        "body size for {}",
+        shown()
+    );
+    assert!(doc["parsed_path"].is_array(), "{}", shown());
+    assert!(doc["parsed_query"].is_object(), "{}", shown());
+    let text = serde_json::to_string(&doc)
+        .unwrap_or_else(|e| panic!("input does not serialize for {}: {e}", shown()));
+    assert!(
+        serde_json::from_str::<Value>(&text).is_ok(),
+        "serialized input does not parse back for {}",
+        shown()
+    );
+    Verdict::Accepted
+}
