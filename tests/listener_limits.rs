@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{TestMesh, raw};
-use http_body_util::Empty;
+use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
@@ -161,6 +161,9 @@ async fn held_connection(
         200,
         "a held connection from {source} was refused"
     );
+    // Read the body to its end: hyper closes a client connection whose
+    // response body was dropped unread, which would free its slot.
+    resp.into_body().collect().await.ok()?;
     Some((send, task))
 }
 
