@@ -31,10 +31,10 @@ impl AdminSource for ControlPlaneAdmin {
             "policy_revision": mesh.policy.revision,
             "policy_modules": mesh.policy.modules.iter().map(|(p, _)| p).collect::<Vec<_>>(),
             "services": mesh.services.values().map(|s| serde_json::json!({
-                "name": s.name,
-                "spiffe_id": s.spiffe_id,
+                "name": s.spec.name,
+                "spiffe_id": s.spec.spiffe_id,
                 "endpoints": s.endpoints,
-                "metadata": s.metadata,
+                "metadata": s.spec.metadata,
             })).collect::<Vec<_>>(),
             "agents": mesh.agents.values().map(|a| serde_json::json!({
                 "name": a.name,

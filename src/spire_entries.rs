@@ -163,7 +163,7 @@ pub fn plan(mesh: &Mesh, opts: &EntryOptions) -> Result<Vec<Entry>, EntriesError
     workloads.extend(
         mesh.services
             .values()
-            .map(|s| ("service", s.name.clone(), s.spiffe_id.clone())),
+            .map(|s| ("service", s.spec.name.clone(), s.spec.spiffe_id.clone())),
     );
 
     let mut entries = Vec::new();

@@ -168,7 +168,10 @@ impl Up {
                 Some(b) => (
                     None,
                     b.parse::<SocketAddr>().with_context(|| {
-                        format!("service {}: backend {b:?} must be an ip:port", svc.name)
+                        format!(
+                            "service {}: backend {b:?} must be an ip:port",
+                            svc.spec.name
+                        )
                     })?,
                 ),
                 None => {
@@ -176,7 +179,7 @@ impl Up {
                     (Some(l), a)
                 }
             };
-            service_ports.insert(svc.name.clone(), (inbound, admin, backend));
+            service_ports.insert(svc.spec.name.clone(), (inbound, admin, backend));
         }
         let inbound_addrs: BTreeMap<String, String> = service_ports
             .iter()
@@ -190,7 +193,7 @@ impl Up {
             .collect();
         let overlay: config::Overlay = Arc::new(move |mesh: &mut Mesh| {
             for svc in mesh.services.values_mut() {
-                if let Some(addr) = inbound_addrs.get(&svc.name) {
+                if let Some(addr) = inbound_addrs.get(&svc.spec.name) {
                     svc.endpoints = vec![addr.clone()];
                 }
             }
@@ -229,7 +232,7 @@ impl Up {
             if let Some(l) = skill_listener {
                 tasks.push(tokio::spawn(skill::serve(name.clone(), l, stop.clone())));
             }
-            let source = source_for(&svc.spiffe_id).await?;
+            let source = source_for(&svc.spec.spiffe_id).await?;
             dataplanes.push(
                 Dataplane::start(DataplaneOptions {
                     name: format!("{name}-inbound"),
@@ -246,7 +249,7 @@ impl Up {
             );
             services.push(ServiceInfo {
                 name: name.clone(),
-                spiffe_id: svc.spiffe_id.clone(),
+                spiffe_id: svc.spec.spiffe_id.clone(),
                 inbound: inbound_addr.to_string(),
                 admin: admin_addr.to_string(),
                 backend: backend.to_string(),

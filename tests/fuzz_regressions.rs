@@ -21,7 +21,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 };
 use envoy_types::pb::google::protobuf::Any;
 use meshward::fuzz_checks::{Check, TARGETS, Verdict, XdsKind};
-use meshward_proto::meshward::v1 as mw;
+use meshward_contract::pb::v1 as mw;
 use prost::Message;
 
 fn fuzz_dir() -> PathBuf {

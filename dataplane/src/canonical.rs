@@ -24,7 +24,7 @@
 
 use std::fmt::Write as _;
 
-pub use meshward_proto::spec::{PathAction, PathRules};
+pub use meshward_contract::spec::{PathAction, PathRules};
 
 /// Why a path was refused; every variant is the client's error (400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

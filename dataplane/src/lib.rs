@@ -12,6 +12,7 @@ pub mod breaker;
 pub mod canonical;
 pub mod identity;
 pub mod listener;
+pub mod pipeline;
 pub mod policy;
 pub mod proxy;
 pub mod ratelimit;

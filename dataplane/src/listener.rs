@@ -30,7 +30,7 @@ use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-pub use meshward_proto::spec::ListenerLimits;
+pub use meshward_contract::spec::ListenerLimits;
 
 use crate::proxy::body::ProxyBody;
 use crate::proxy::guard::GuardedBody;

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminSource};
 use crate::listener::{Listener, ListenerKind, ListenerLimits};
+use crate::pipeline::refusal::NotReady;
 use crate::proxy::{self, Shared, upstream::MeshClient};
 use crate::state::MeshState;
 use crate::xds::XdsClientConfig;
@@ -92,16 +93,12 @@ impl AdminSource for Status {
             .state
             .borrow()
             .clone()
-            .ok_or_else(|| "waiting for configuration from the control plane".to_string())?;
-        if self.has_inbound
-            && !state
-                .clusters
-                .values()
-                .any(|u| u.spiffe_id == own_spiffe_id)
-        {
-            return Err(format!(
-                "{own_spiffe_id} is not a registered service in the mesh config"
-            ));
+            .ok_or_else(|| NotReady::NoConfig.to_string())?;
+        if self.has_inbound && state.service_by_spiffe_id(&own_spiffe_id).is_none() {
+            return Err(NotReady::NotRegistered {
+                spiffe_id: own_spiffe_id,
+            }
+            .to_string());
         }
         Ok(())
     }
@@ -142,10 +139,10 @@ impl AdminSource for Status {
                 "policy_revision": s.policy.revision(),
                 "listeners": listener_limits_json(&s.listeners),
                 "clusters": s.clusters.values().map(|u| serde_json::json!({
-                    "name": u.name,
-                    "spiffe_id": u.spiffe_id,
+                    "name": u.service.name,
+                    "spiffe_id": u.service.spiffe_id,
                     "endpoints": u.endpoints.iter().map(|e| e.to_string()).collect::<Vec<_>>(),
-                    "metadata": u.metadata,
+                    "metadata": u.service.metadata,
                 })).collect::<Vec<_>>(),
                 "agents": s.agents.values().map(|a| serde_json::json!({
                     "name": a.name,

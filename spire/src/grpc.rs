@@ -298,9 +298,9 @@ pub fn channel_lazy(addr: &str, config: Arc<ClientConfig>) -> Result<Channel, Id
 
 #[cfg(test)]
 mod tests {
-    use meshward_proto::meshward::demo::v1::echo_client::EchoClient;
-    use meshward_proto::meshward::demo::v1::echo_server::{Echo, EchoServer};
-    use meshward_proto::meshward::demo::v1::{EchoReply, EchoRequest};
+    use meshward_contract::pb::demo::echo_client::EchoClient;
+    use meshward_contract::pb::demo::echo_server::{Echo, EchoServer};
+    use meshward_contract::pb::demo::{EchoReply, EchoRequest};
     use tokio::task::JoinHandle;
 
     use super::*;

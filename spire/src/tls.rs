@@ -97,8 +97,10 @@ pub fn client_config(
 /// The SPIFFE ID of a peer from its certificate chain (leaf first), as rustls
 /// reports it after a handshake (`peer_certificates()`).
 ///
-/// Requires exactly one URI SAN that is a valid SPIFFE ID. This only extracts;
-/// chain and expiry were verified by the handshake.
+/// Requires exactly one URI SAN that is a valid SPIFFE ID by the mesh's one
+/// rule ([`meshward_contract::rules::spiffe_id`], the same `meshward
+/// validate` and the xDS checks apply). This only extracts; chain and expiry
+/// were verified by the handshake.
 pub fn peer_spiffe_id(certs: &[CertificateDer<'_>]) -> Result<String, IdentityError> {
     let leaf = certs
         .first()
@@ -124,11 +126,13 @@ pub fn peer_spiffe_id(certs: &[CertificateDer<'_>]) -> Result<String, IdentityEr
             uris.len()
         )));
     };
-    let id = spiffe::SpiffeId::new(uri).map_err(|e| IdentityError::InvalidSpiffeId {
-        id: (*uri).to_owned(),
-        reason: e.to_string(),
+    meshward_contract::rules::spiffe_id(uri, None).map_err(|reason| {
+        IdentityError::InvalidSpiffeId {
+            id: (*uri).to_owned(),
+            reason,
+        }
     })?;
-    Ok(id.to_string())
+    Ok((*uri).to_owned())
 }
 
 #[cfg(test)]

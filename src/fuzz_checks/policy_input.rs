@@ -25,8 +25,7 @@ pub fn policy_input(data: &[u8]) -> Verdict {
     let direction = match input.byte().map(|b| b % 3) {
         None => return Verdict::Skipped,
         Some(0) => Direction::Outbound,
-        Some(1) => Direction::Inbound,
-        Some(_) => Direction::ExtAuthz,
+        Some(_) => Direction::Inbound,
     };
     let method = String::from_utf8_lossy(input.prefixed8());
     let path = String::from_utf8_lossy(input.prefixed8());

@@ -193,8 +193,8 @@ pub mod http {
 /// agent's sidecar, routed by `:authority`, and gets gRPC statuses back.
 pub mod grpc {
     use super::super::{SUPPORT_TRIAGE, TestMesh};
-    use meshward_proto::meshward::demo::v1::EchoRequest;
-    use meshward_proto::meshward::demo::v1::echo_client::EchoClient;
+    use meshward_contract::pb::demo::EchoRequest;
+    use meshward_contract::pb::demo::echo_client::EchoClient;
     use tonic::Code;
     use tonic::transport::{Channel, Endpoint};
 

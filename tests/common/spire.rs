@@ -566,16 +566,16 @@ impl SpireMesh {
         };
         let mut backends = BTreeMap::new();
         for svc in mesh.services.values() {
-            a.inbound.insert(svc.name.clone(), addr(free_port()));
-            if external.services.contains(&svc.name) {
+            a.inbound.insert(svc.spec.name.clone(), addr(free_port()));
+            if external.services.contains(&svc.spec.name) {
                 continue;
             }
-            a.admin.insert(svc.name.clone(), addr(free_port()));
+            a.admin.insert(svc.spec.name.clone(), addr(free_port()));
             let backend = match &svc.backend {
                 Some(b) => (b.clone(), false),
                 None => (addr(free_port()), true),
             };
-            backends.insert(svc.name.clone(), backend);
+            backends.insert(svc.spec.name.clone(), backend);
         }
         for agent in mesh.agents.values() {
             if external.agents.contains(&agent.name) {

@@ -11,7 +11,6 @@
 pub mod bundle;
 mod error;
 pub mod model;
-mod rules;
 mod validate;
 pub mod watch;
 mod yaml;
@@ -155,7 +154,7 @@ fn attempt_text(text: &str, path: &Path) -> Attempt {
             services: draft
                 .services
                 .into_iter()
-                .map(|s| (s.name.clone(), s))
+                .map(|s| (s.spec.name.clone(), s))
                 .collect(),
             agents: draft
                 .agents

@@ -158,12 +158,15 @@ fn valid_mesh_loads_into_the_model() {
     let hello = &mesh.services["hello"];
     assert_eq!(hello.endpoints, vec!["127.0.0.1:0"]);
     assert_eq!(hello.backend.as_deref(), Some("127.0.0.1:8080"));
-    assert_eq!(hello.breaker.open_for, std::time::Duration::from_secs(10));
-    assert_eq!(hello.per_caller_limits.requests_per_second, 0.5);
-    assert!(hello.per_caller_limits.per_destination);
+    assert_eq!(
+        hello.spec.breaker.open_for,
+        std::time::Duration::from_secs(10)
+    );
+    assert_eq!(hello.spec.per_caller_limits.requests_per_second, 0.5);
+    assert!(hello.spec.per_caller_limits.per_destination);
     let world = &mesh.services["world"];
     assert_eq!(world.backend, None);
-    assert_eq!(world.breaker, BreakerSettings::default());
+    assert_eq!(world.spec.breaker, BreakerSettings::default());
 
     assert_eq!(mesh.policy.dir, dir.path().join("policies"));
     assert_eq!(mesh.policy.decision, "data.meshward.authz.decision");
@@ -204,7 +207,13 @@ fn shipped_local_mesh_loads() {
             .all(|s| s.endpoints == vec!["127.0.0.1:0"])
     );
     assert_eq!(mesh.agents["support-triage"].limits.burst, 10);
-    assert_eq!(mesh.services["hello-skill"].breaker.consecutive_failures, 5);
+    assert_eq!(
+        mesh.services["hello-skill"]
+            .spec
+            .breaker
+            .consecutive_failures,
+        5
+    );
 }
 
 /// The shipped file in place: the mesh part must be valid. The reference
@@ -673,9 +682,9 @@ fn hardening_settings_load_with_their_defaults() {
     let (_dir, path) = mesh_dir("defaults", MESH);
     let mesh = load(&path).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(mesh.listeners, ListenerLimits::default());
-    assert_eq!(mesh.services["hello"].paths, PathRules::default());
+    assert_eq!(mesh.services["hello"].spec.paths, PathRules::default());
     assert_eq!(
-        mesh.services["hello"].forward_client_cert,
+        mesh.services["hello"].spec.forward_client_cert,
         ForwardClientCert::Sanitize
     );
     assert!(mesh.agents["agent-a"].limits.count_denied);
@@ -716,9 +725,12 @@ agents:
         }
     );
     let world = &mesh.services["world"];
-    assert_eq!(world.paths.escaped_slashes, PathAction::Keep);
-    assert_eq!(world.paths.path_parameters, PathAction::Keep);
-    assert_eq!(world.forward_client_cert, ForwardClientCert::SanitizeSet);
+    assert_eq!(world.spec.paths.escaped_slashes, PathAction::Keep);
+    assert_eq!(world.spec.paths.path_parameters, PathAction::Keep);
+    assert_eq!(
+        world.spec.forward_client_cert,
+        ForwardClientCert::SanitizeSet
+    );
     assert!(!mesh.agents["agent-a"].limits.count_denied);
 }
 

@@ -32,8 +32,8 @@ use super::model::{
     Agent, BreakerSettings, ForwardClientCert, ListenerLimits, PathAction, PathRules,
     RateLimitSettings, Service,
 };
-use super::rules;
 use super::yaml::{Entry, Node, Value};
+use meshward_contract::rules;
 
 /// What the mesh file says, decoded; `errors` is empty if it is all valid.
 #[derive(Debug, Default)]
@@ -193,15 +193,17 @@ pub fn check(file: &Path, root: &Node) -> Draft {
             })
             .unwrap_or_default();
         draft.services.push(Service {
-            name,
-            spiffe_id,
+            spec: meshward_contract::spec::Service {
+                name,
+                spiffe_id,
+                metadata,
+                breaker,
+                per_caller_limits,
+                paths,
+                forward_client_cert,
+            },
             endpoints,
             backend,
-            metadata,
-            breaker,
-            per_caller_limits,
-            paths,
-            forward_client_cert,
         });
     }
 

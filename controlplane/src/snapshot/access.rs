@@ -31,7 +31,7 @@ pub fn classify(mesh: &Mesh, spiffe_id: &str) -> NodeKind {
         return NodeKind::Agent(agent.name.clone());
     }
     if let Some(service) = mesh.service_by_spiffe_id(spiffe_id) {
-        return NodeKind::Service(service.name.clone());
+        return NodeKind::Service(service.spec.name.clone());
     }
     NodeKind::Unregistered
 }

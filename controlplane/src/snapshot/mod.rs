@@ -21,24 +21,10 @@ use crate::config::Mesh;
 pub use access::{NodeKind, classify};
 pub use resources::policy_bundle_message;
 
-/// Type URLs of every resource type the control plane serves.
+/// Type URLs of every resource type the control plane serves, and the
+/// order it pushes them in.
 pub mod type_url {
-    /// `envoy.config.cluster.v3.Cluster` (CDS).
-    pub const CLUSTER: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
-    /// `envoy.config.endpoint.v3.ClusterLoadAssignment` (EDS).
-    pub const CLUSTER_LOAD_ASSIGNMENT: &str =
-        "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
-    /// `envoy.config.listener.v3.Listener` (LDS).
-    pub const LISTENER: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
-    /// `envoy.config.route.v3.RouteConfiguration` (RDS).
-    pub const ROUTE_CONFIGURATION: &str =
-        "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
-    /// Meshward's policy bundle.
-    pub const POLICY_BUNDLE: &str = meshward_proto::meshward::v1::POLICY_BUNDLE_TYPE_URL;
-    /// Meshward's agent registry entries.
-    pub const AGENT: &str = meshward_proto::meshward::v1::AGENT_TYPE_URL;
-    /// Meshward's settings every dataplane applies to itself.
-    pub const DATAPLANE_SETTINGS: &str = meshward_proto::spec::DATAPLANE_SETTINGS_TYPE_URL;
+    pub use meshward_contract::type_url::*;
 
     /// The order in which a new snapshot is pushed on an ADS stream: make
     /// before break (clusters before the endpoints and listeners that use
@@ -156,12 +142,12 @@ pub fn build(mesh: &Mesh, node: &NodeIdentity) -> Snapshot {
     for service in mesh.services.values() {
         snapshot.insert(
             type_url::CLUSTER,
-            service.name.clone(),
+            service.spec.name.clone(),
             resources::cluster(service),
         );
         snapshot.insert(
             type_url::CLUSTER_LOAD_ASSIGNMENT,
-            service.name.clone(),
+            service.spec.name.clone(),
             resources::load_assignment(service),
         );
     }

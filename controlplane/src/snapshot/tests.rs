@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use meshward_proto::meshward::v1 as mw;
+use meshward_contract::pb::v1 as mw;
 use prost::Message;
 
 use super::*;
@@ -26,18 +26,20 @@ pub(crate) fn mesh() -> Mesh {
         },
     };
     let service = |name: &str, port: u16| Service {
-        name: name.to_string(),
-        spiffe_id: format!("spiffe://example.org/service/{name}"),
+        spec: meshward_contract::spec::Service {
+            name: name.to_string(),
+            spiffe_id: format!("spiffe://example.org/service/{name}"),
+            metadata: [("team", "platform"), ("data_classification", "public")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            breaker: Default::default(),
+            per_caller_limits: RateLimitSettings::default(),
+            paths: Default::default(),
+            forward_client_cert: Default::default(),
+        },
         endpoints: vec![format!("127.0.0.1:{port}")],
         backend: None,
-        metadata: [("team", "platform"), ("data_classification", "public")]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        breaker: Default::default(),
-        per_caller_limits: RateLimitSettings::default(),
-        paths: Default::default(),
-        forward_client_cert: Default::default(),
     };
     Mesh {
         source: PathBuf::from("mesh.yaml"),
@@ -45,7 +47,7 @@ pub(crate) fn mesh() -> Mesh {
         listeners: Default::default(),
         services: [service("hello", 7001), service("billing", 7002)]
             .into_iter()
-            .map(|s| (s.name.clone(), s))
+            .map(|s| (s.spec.name.clone(), s))
             .collect(),
         agents: [agent("triage", "cs"), agent("billing-bot", "finance")]
             .into_iter()
@@ -245,7 +247,7 @@ fn cluster_carries_service_metadata_and_uses_ads_eds() {
 
 #[test]
 fn dataplane_settings_carry_the_listener_limits() {
-    use meshward_proto::spec::ListenerLimits;
+    use meshward_contract::spec::ListenerLimits;
     let mut mesh = mesh();
     mesh.listeners.max_connections = 17;
     mesh.listeners.idle_timeout = std::time::Duration::from_millis(1500);

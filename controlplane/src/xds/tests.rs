@@ -462,7 +462,7 @@ async fn sotw_basic_flow() {
     // A change resends the complete state of the world.
     h.update(|m| {
         if let Some(svc) = m.services.get_mut("hello") {
-            svc.metadata.insert("tier".into(), "gold".into());
+            svc.spec.metadata.insert("tier".into(), "gold".into());
         }
     });
     let second = s.next().await;

@@ -32,31 +32,7 @@ use dashmap::DashMap;
 
 use crate::ratelimit::{Clock, SystemClock};
 
-/// Breaker thresholds for one upstream (from its `meshward.v1.CircuitBreaker`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BreakerSettings {
-    /// Consecutive failures that open the breaker; `0` disables it.
-    pub consecutive_failures: u32,
-    pub open_for: Duration,
-    /// Probes admitted while half-open (`0` is treated as 1).
-    pub half_open_probes: u32,
-}
-
-impl Default for BreakerSettings {
-    fn default() -> Self {
-        Self {
-            consecutive_failures: 5,
-            open_for: Duration::from_secs(10),
-            half_open_probes: 1,
-        }
-    }
-}
-
-impl BreakerSettings {
-    fn probes(&self) -> u32 {
-        self.half_open_probes.max(1)
-    }
-}
+pub use meshward_contract::spec::BreakerSettings;
 
 /// Observable state of one breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -19,7 +19,7 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use meshward_proto::meshward::v1::PolicyBundle;
+use meshward_contract::pb::v1::PolicyBundle;
 use regorus::languages::rego::compiler::Compiler;
 use regorus::rvm::{Program, RegoVM};
 use regorus::utils::limits::ExecutionTimerConfig;
@@ -377,7 +377,7 @@ fn check_decision_rule(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use meshward_proto::meshward::v1::RegoModule;
+    use meshward_contract::pb::v1::RegoModule;
     use serde::Deserialize;
     use serde_json::json;
 

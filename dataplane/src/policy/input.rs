@@ -1,7 +1,8 @@
 //! The policy input document.
 //!
-//! One builder serves the outbound and inbound sidecar paths and the ext_authz
-//! server, so a policy sees the same shape however the request arrived. The
+//! One builder serves the outbound and inbound sidecar paths (and is built to
+//! serve an ext_authz server: it reads no body stream and no upstream), so a
+//! policy sees the same shape however the request arrived. The
 //! shape is a superset of opa-envoy-plugin's input (`attributes` as the
 //! protojson of Envoy's `CheckRequest.attributes`, `parsed_path`,
 //! `parsed_query`, `parsed_body`, `truncated_body`, `version`), so policies
@@ -26,9 +27,6 @@ pub enum Direction {
     Outbound,
     /// The service's sidecar, after the peer's mTLS identity was verified.
     Inbound,
-    /// An Envoy asked over ext_authz v3.
-    #[serde(rename = "ext_authz")]
-    ExtAuthz,
 }
 
 impl Direction {
@@ -36,7 +34,6 @@ impl Direction {
         match self {
             Direction::Outbound => "outbound",
             Direction::Inbound => "inbound",
-            Direction::ExtAuthz => "ext_authz",
         }
     }
 }
@@ -405,12 +402,12 @@ mod tests {
         let headers = http::HeaderMap::new();
         let mut f = facts(&headers, Some(b"not json"));
         f.path = "/";
-        f.direction = Direction::ExtAuthz;
+        f.direction = Direction::Inbound;
         let input = build_input(&f);
         assert_eq!(input["parsed_path"], json!([""]));
         assert_eq!(input["parsed_query"], json!({}));
         assert!(input.get("parsed_body").is_none());
-        assert_eq!(input["meshward"]["direction"], "ext_authz");
+        assert_eq!(input["meshward"]["direction"], "inbound");
         assert_eq!(input["meshward"]["caller"], Value::Null);
         assert_eq!(input["meshward"]["service"], Value::Null);
     }

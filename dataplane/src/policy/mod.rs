@@ -1,14 +1,14 @@
 //! Authorization policy: Rego bundles evaluated in-process with `regorus`.
 //!
-//! This is the "authorize" step of the request path, shared by the sidecar
-//! (inbound and outbound) and the ext_authz server so that one bundle gives one
-//! answer whichever way a request arrives. The pieces:
+//! This is what the request path's authorize stage evaluates, on the
+//! outbound and the inbound side alike, so that one bundle gives one answer
+//! whichever way a request arrives. The pieces:
 //!
 //! - [`input`] turns what the proxy knows about a request into the input
 //!   document — a superset of opa-envoy-plugin's, so policies written for
 //!   OPA-Envoy run unchanged, plus `input.meshward` with the caller's registry
 //!   facts.
-//! - [`engine`] compiles a [`PolicyBundle`](meshward_proto::meshward::v1::PolicyBundle)
+//! - [`engine`] compiles a [`PolicyBundle`](meshward_contract::pb::v1::PolicyBundle)
 //!   once per revision into a program for regorus's Rego VM and evaluates
 //!   requests on pooled VMs, because walking the syntax tree per request is
 //!   several times slower (bundles the VM cannot compile fall back to the

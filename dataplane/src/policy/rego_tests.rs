@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use meshward_proto::meshward::v1::{PolicyBundle, RegoModule};
+use meshward_contract::pb::v1::{PolicyBundle, RegoModule};
 use serde_json::{Value, json};
 
 use super::decision::UNDEFINED_REASON;

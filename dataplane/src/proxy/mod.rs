@@ -7,9 +7,6 @@
 
 pub mod body;
 pub mod guard;
-pub mod headers;
-pub mod pipeline;
-pub mod refusal;
 pub mod upstream;
 
 use std::net::SocketAddr;
@@ -26,10 +23,11 @@ use crate::breaker::Breakers;
 use crate::listener::{
     self, Accepted, ConnectionOptions, ConnectionSlot, Listener, ListenerKind, ListenerLimits,
 };
+use crate::pipeline::refusal::NotReady;
+use crate::pipeline::{self, Arrival, VerifiedPeer};
 use crate::policy::Direction;
 use crate::ratelimit::RateLimiter;
 use crate::state::{Endpoint, MeshState, Upstream};
-use pipeline::{Arrival, VerifiedPeer};
 
 /// State shared by every request of one dataplane.
 pub struct Shared {
@@ -107,7 +105,7 @@ impl Shared {
             return Some("inbound TLS not configured yet".into());
         }
         if self.state.borrow().is_none() {
-            return Some("configuration not received from the control plane yet".into());
+            return Some(NotReady::NoConfig.to_string());
         }
         None
     }

@@ -40,48 +40,7 @@ pub const DEFAULT_MAX_KEYS: usize = 1 << 20;
 /// Minimum spacing of inline sweeps triggered by a full map.
 const INLINE_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Limits for one identity (from its `meshward.v1.RateLimit`).
-///
-/// Zero means "no limit" for that dimension: `requests_per_second <= 0`
-/// (or not finite) disables the bucket, `max_concurrent == 0` disables the
-/// cap. With a rate set, `burst == 0` is treated as a burst of 1.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RateLimitSettings {
-    pub requests_per_second: f64,
-    pub burst: u32,
-    pub max_concurrent: u32,
-    /// Key the state by (identity, destination) instead of identity alone.
-    pub per_destination: bool,
-    /// A request denied by policy costs a token ([`RateLimiter::charge`]).
-    pub count_denied: bool,
-}
-
-impl Default for RateLimitSettings {
-    fn default() -> Self {
-        Self {
-            requests_per_second: 0.0,
-            burst: 0,
-            max_concurrent: 0,
-            per_destination: false,
-            count_denied: true,
-        }
-    }
-}
-
-impl RateLimitSettings {
-    fn rate_limited(&self) -> bool {
-        self.requests_per_second.is_finite() && self.requests_per_second > 0.0
-    }
-
-    /// Time between two requests at the sustained rate.
-    fn emission_interval(&self) -> Duration {
-        Duration::try_from_secs_f64(1.0 / self.requests_per_second).unwrap_or(Duration::MAX)
-    }
-
-    fn is_unlimited(&self) -> bool {
-        !self.rate_limited() && self.max_concurrent == 0
-    }
-}
+pub use meshward_contract::spec::RateLimitSettings;
 
 /// Why a request was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

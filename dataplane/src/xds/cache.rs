@@ -1,25 +1,24 @@
 //! The client's copy of what the control plane sent, one typed cache per
 //! subscribed type, and the assembly of [`MeshState`] from them.
 //!
-//! A delta response is applied all-or-nothing: every resource in it is
-//! validated first, and only if all pass are they stored and the removals
-//! applied. So a NACKed response leaves the cache, and the published state,
-//! exactly as they were.
+//! The subscribed types are a registered list ([`Caches::default`]): adding
+//! a resource type is one handler and one entry there, plus reading it in
+//! [`Caches::state`]. A delta response is applied all-or-nothing: every
+//! resource in it is validated first, and only if all pass are they stored
+//! and the removals applied. So a NACKed response leaves the cache, and the
+//! published state, exactly as they were.
 
+use std::any::Any;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse;
+use meshward_contract::type_url::{self, DATAPLANE_SETTINGS_NAME, POLICY_BUNDLE_NAME};
 
 use super::handlers::{
-    AgentHandler, ClusterHandler, ClusterSpec, EndpointHandler, Handler, PolicyHandler,
-    SettingsHandler,
+    AgentHandler, ClusterHandler, EndpointHandler, Handler, PolicyHandler, SettingsHandler,
 };
 use crate::state::{MeshState, Upstream};
-use meshward_proto::spec::DATAPLANE_SETTINGS_NAME;
-
-/// Name of the mesh-wide policy bundle the request path evaluates.
-pub const POLICY_BUNDLE_NAME: &str = "default";
 
 /// Validated resources of one type.
 #[derive(Debug)]
@@ -43,9 +42,34 @@ impl<H: Handler> Default for TypeCache<H> {
 }
 
 impl<H: Handler> TypeCache<H> {
+    fn get(&self, name: &str) -> Option<&H::Item> {
+        self.resources.get(name).map(|(_, item)| item)
+    }
+
+    fn items(&self) -> impl Iterator<Item = (&String, &H::Item)> {
+        self.resources.iter().map(|(name, (_, item))| (name, item))
+    }
+}
+
+/// A [`TypeCache`] of any handler, so the caches can be one list.
+trait AnyCache: Send + Sync {
+    fn type_url(&self) -> &'static str;
     /// Validates the whole response, then applies it; on any invalid
     /// resource nothing changes and the error lists every reason.
-    pub fn apply(&mut self, response: &DeltaDiscoveryResponse) -> Result<(), String> {
+    fn apply(&mut self, response: &DeltaDiscoveryResponse) -> Result<(), String>;
+    /// name → version of everything held, for `initial_resource_versions`.
+    fn versions(&self) -> HashMap<String, String>;
+    fn received(&self) -> bool;
+    fn system_version(&self) -> &str;
+    fn as_any(&self) -> &dyn Any;
+}
+
+impl<H: Handler> AnyCache for TypeCache<H> {
+    fn type_url(&self) -> &'static str {
+        H::TYPE_URL
+    }
+
+    fn apply(&mut self, response: &DeltaDiscoveryResponse) -> Result<(), String> {
         let mut updates = Vec::with_capacity(response.resources.len());
         let mut removals: Vec<&str> = response
             .removed_resources
@@ -61,7 +85,7 @@ impl<H: Handler> TypeCache<H> {
                     Ok(item) => updates.push((&resource.name, &resource.version, item)),
                     Err(reason) => errors.push(format!(
                         "{} {:?}: {reason}",
-                        short_type(H::TYPE_URL),
+                        type_url::short(H::TYPE_URL),
                         resource.name
                     )),
                 },
@@ -81,79 +105,95 @@ impl<H: Handler> TypeCache<H> {
         Ok(())
     }
 
-    /// name → version of everything held, for `initial_resource_versions`.
-    pub fn versions(&self) -> HashMap<String, String> {
+    fn versions(&self) -> HashMap<String, String> {
         self.resources
             .iter()
             .map(|(name, (version, _))| (name.clone(), version.clone()))
             .collect()
     }
 
-    fn get(&self, name: &str) -> Option<&H::Item> {
-        self.resources.get(name).map(|(_, item)| item)
+    fn received(&self) -> bool {
+        self.received
     }
 
-    fn items(&self) -> impl Iterator<Item = (&String, &H::Item)> {
-        self.resources.iter().map(|(name, (_, item))| (name, item))
+    fn system_version(&self) -> &str {
+        &self.system_version
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
     }
 }
 
-/// The last part of a type URL, for messages.
-fn short_type(type_url: &str) -> &str {
-    type_url.rsplit(['/', '.']).next().unwrap_or(type_url)
-}
-
-/// One cache per subscribed type.
-#[derive(Debug, Default)]
+/// One cache per subscribed type, in subscription order.
 pub struct Caches {
-    clusters: TypeCache<ClusterHandler>,
-    endpoints: TypeCache<EndpointHandler>,
-    settings: TypeCache<SettingsHandler>,
-    policies: TypeCache<PolicyHandler>,
-    agents: TypeCache<AgentHandler>,
+    caches: Vec<Box<dyn AnyCache>>,
 }
 
-/// The subscribed types, in the order they are requested.
-pub const SUBSCRIBED: [&str; 5] = [
-    ClusterHandler::TYPE_URL,
-    EndpointHandler::TYPE_URL,
-    SettingsHandler::TYPE_URL,
-    PolicyHandler::TYPE_URL,
-    AgentHandler::TYPE_URL,
-];
+impl std::fmt::Debug for Caches {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.caches.iter().map(|c| type_url::short(c.type_url())))
+            .finish()
+    }
+}
+
+impl Default for Caches {
+    /// The registry: every type the dataplane subscribes to, in the order
+    /// it is requested (clusters before the endpoints that refer to them).
+    fn default() -> Self {
+        Caches {
+            caches: vec![
+                Box::new(TypeCache::<ClusterHandler>::default()),
+                Box::new(TypeCache::<EndpointHandler>::default()),
+                Box::new(TypeCache::<SettingsHandler>::default()),
+                Box::new(TypeCache::<PolicyHandler>::default()),
+                Box::new(TypeCache::<AgentHandler>::default()),
+            ],
+        }
+    }
+}
 
 impl Caches {
+    /// The subscribed type URLs, in the order they are requested.
+    pub fn type_urls(&self) -> Vec<&'static str> {
+        self.caches.iter().map(|c| c.type_url()).collect()
+    }
+
     /// Applies one response to the cache of its type.
     pub fn apply(&mut self, response: &DeltaDiscoveryResponse) -> Result<(), String> {
-        match response.type_url.as_str() {
-            ClusterHandler::TYPE_URL => self.clusters.apply(response),
-            EndpointHandler::TYPE_URL => self.endpoints.apply(response),
-            SettingsHandler::TYPE_URL => self.settings.apply(response),
-            PolicyHandler::TYPE_URL => self.policies.apply(response),
-            AgentHandler::TYPE_URL => self.agents.apply(response),
-            other => Err(format!("type {other:?} was not subscribed to")),
+        match self
+            .caches
+            .iter_mut()
+            .find(|c| c.type_url() == response.type_url)
+        {
+            Some(cache) => cache.apply(response),
+            None => Err(format!(
+                "type {:?} was not subscribed to",
+                response.type_url
+            )),
         }
     }
 
     /// What is held of `type_url`, for a reconnect.
     pub fn versions(&self, type_url: &str) -> HashMap<String, String> {
-        match type_url {
-            ClusterHandler::TYPE_URL => self.clusters.versions(),
-            EndpointHandler::TYPE_URL => self.endpoints.versions(),
-            SettingsHandler::TYPE_URL => self.settings.versions(),
-            PolicyHandler::TYPE_URL => self.policies.versions(),
-            AgentHandler::TYPE_URL => self.agents.versions(),
-            _ => HashMap::new(),
-        }
+        self.caches
+            .iter()
+            .find(|c| c.type_url() == type_url)
+            .map(|c| c.versions())
+            .unwrap_or_default()
     }
 
     /// Every type has been received at least once.
     pub fn all_received(&self) -> bool {
-        self.clusters.received
-            && self.endpoints.received
-            && self.settings.received
-            && self.policies.received
-            && self.agents.received
+        self.caches.iter().all(|c| c.received())
+    }
+
+    fn typed<H: Handler>(&self) -> &TypeCache<H> {
+        self.caches
+            .iter()
+            .find_map(|c| c.as_any().downcast_ref::<TypeCache<H>>())
+            .unwrap_or_else(|| unreachable!("{} is not in the registry", H::TYPE_URL))
     }
 
     /// The state to publish, or `None` while not warm: some type has not
@@ -163,37 +203,32 @@ impl Caches {
         if !self.all_received() {
             return None;
         }
-        let policy = Arc::clone(self.policies.get(POLICY_BUNDLE_NAME)?);
+        let policy = Arc::clone(self.typed::<PolicyHandler>().get(POLICY_BUNDLE_NAME)?);
+        let endpoints = self.typed::<EndpointHandler>();
         let clusters = self
-            .clusters
+            .typed::<ClusterHandler>()
             .items()
-            .map(|(name, spec)| {
-                let endpoints = self
-                    .endpoints
-                    .get(name)
-                    .map(|e| e.to_vec())
-                    .unwrap_or_default();
-                (name.clone(), Arc::new(upstream(spec, endpoints)))
+            .map(|(name, service)| {
+                let upstream = Upstream {
+                    service: service.clone(),
+                    endpoints: endpoints.get(name).map(|e| e.to_vec()).unwrap_or_default(),
+                };
+                (name.clone(), Arc::new(upstream))
             })
             .collect();
         let agents = self
-            .agents
+            .typed::<AgentHandler>()
             .items()
             .map(|(name, agent)| (name.clone(), Arc::clone(agent)))
             .collect();
-        let versions = [
-            (ClusterHandler::TYPE_URL, &self.clusters.system_version),
-            (EndpointHandler::TYPE_URL, &self.endpoints.system_version),
-            (SettingsHandler::TYPE_URL, &self.settings.system_version),
-            (PolicyHandler::TYPE_URL, &self.policies.system_version),
-            (AgentHandler::TYPE_URL, &self.agents.system_version),
-        ]
-        .into_iter()
-        .map(|(t, v)| (t.to_string(), v.clone()))
-        .collect();
+        let versions = self
+            .caches
+            .iter()
+            .map(|c| (c.type_url().to_string(), c.system_version().to_string()))
+            .collect();
         // A control plane that sends no settings leaves the defaults.
         let listeners = self
-            .settings
+            .typed::<SettingsHandler>()
             .get(DATAPLANE_SETTINGS_NAME)
             .copied()
             .unwrap_or_default();
@@ -207,24 +242,11 @@ impl Caches {
     }
 }
 
-fn upstream(spec: &ClusterSpec, endpoints: Vec<crate::state::Endpoint>) -> Upstream {
-    Upstream {
-        name: spec.name.clone(),
-        spiffe_id: spec.spiffe_id.clone(),
-        endpoints,
-        metadata: spec.metadata.clone(),
-        breaker: spec.breaker,
-        per_caller_limits: spec.per_caller_limits,
-        paths: spec.paths,
-        forward_client_cert: spec.forward_client_cert,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use envoy_types::pb::envoy::service::discovery::v3::Resource;
     use envoy_types::pb::google::protobuf::Any;
-    use meshward_proto::meshward::v1 as mw;
+    use meshward_contract::pb::v1 as mw;
     use prost::Message;
 
     use super::*;
@@ -267,14 +289,14 @@ mod tests {
             decision: "data.meshward.authz.decision".into(),
         };
         Any {
-            type_url: mw::POLICY_BUNDLE_TYPE_URL.into(),
+            type_url: type_url::POLICY_BUNDLE.into(),
             value: bundle.encode_to_vec(),
         }
     }
 
     fn agent(id: &str) -> Any {
         Any {
-            type_url: mw::AGENT_TYPE_URL.into(),
+            type_url: type_url::AGENT.into(),
             value: mw::Agent {
                 name: "a".into(),
                 spiffe_id: id.into(),

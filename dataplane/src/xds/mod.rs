@@ -28,7 +28,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, info, warn};
 
 use crate::state::MeshState;
-use cache::{Caches, SUBSCRIBED};
+use cache::Caches;
 
 /// Counter: responses handled, labelled `type_url` and `result` (`ack`/`nack`).
 pub const METRIC_UPDATES: &str = "xds_client_updates_total";
@@ -141,14 +141,15 @@ async fn session(
     let mut client =
         AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
 
-    let (requests, rx) = mpsc::channel(SUBSCRIBED.len() * 2);
+    let subscribed = caches.type_urls();
+    let (requests, rx) = mpsc::channel(subscribed.len() * 2);
     let node = Node {
         id: config.node_id.clone(),
         cluster: config.cluster.clone(),
         user_agent_name: "meshward".to_string(),
         ..Default::default()
     };
-    for type_url in SUBSCRIBED {
+    for type_url in subscribed {
         // Wildcard subscription (no names), with what we hold from an
         // earlier stream so unchanged resources are not resent. The channel
         // has room for all of them, so this never waits.

@@ -40,21 +40,23 @@ fn mesh() -> Mesh {
         },
     };
     let service = Service {
-        name: "hello".into(),
-        spiffe_id: HELLO.into(),
+        spec: meshward_contract::spec::Service {
+            name: "hello".into(),
+            spiffe_id: HELLO.into(),
+            metadata: BTreeMap::from([("team".to_string(), "platform".to_string())]),
+            breaker: Default::default(),
+            per_caller_limits: RateLimitSettings::default(),
+            paths: Default::default(),
+            forward_client_cert: Default::default(),
+        },
         endpoints: vec!["127.0.0.1:7001".into()],
         backend: None,
-        metadata: BTreeMap::from([("team".to_string(), "platform".to_string())]),
-        breaker: Default::default(),
-        per_caller_limits: RateLimitSettings::default(),
-        paths: Default::default(),
-        forward_client_cert: Default::default(),
     };
     Mesh {
         source: PathBuf::from("mesh.yaml"),
         trust_domain: "example.org".into(),
         listeners: Default::default(),
-        services: BTreeMap::from([(service.name.clone(), service)]),
+        services: BTreeMap::from([(service.spec.name.clone(), service)]),
         agents: BTreeMap::from([(agent.name.clone(), agent)]),
         policy: PolicyBundle {
             dir: PathBuf::from("policies"),
@@ -195,7 +197,7 @@ async fn warm_state_arrives_over_mtls() {
         .clusters
         .get("hello")
         .unwrap_or_else(|| panic!("no hello cluster: {:?}", state.clusters.keys()));
-    assert_eq!(hello.spiffe_id, HELLO);
+    assert_eq!(hello.service.spiffe_id, HELLO);
     assert_eq!(
         hello.endpoints,
         vec![crate::state::Endpoint::Ip(
@@ -203,10 +205,10 @@ async fn warm_state_arrives_over_mtls() {
         )]
     );
     assert_eq!(
-        hello.metadata.get("team").map(String::as_str),
+        hello.service.metadata.get("team").map(String::as_str),
         Some("platform")
     );
-    assert_eq!(hello.breaker.consecutive_failures, 5);
+    assert_eq!(hello.service.breaker.consecutive_failures, 5);
     let triage = state
         .agents
         .get(TRIAGE)
@@ -246,7 +248,7 @@ async fn broken_policy_is_nacked_and_last_good_state_kept() {
     })
     .await;
     assert_eq!(after.policy.revision(), "r1", "broken bundle was applied");
-    let policy_type = meshward_proto::meshward::v1::POLICY_BUNDLE_TYPE_URL;
+    let policy_type = meshward_contract::type_url::POLICY_BUNDLE;
     assert_eq!(
         after.versions.get(policy_type),
         before.versions.get(policy_type)

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
-use meshward_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
+use meshward_contract::pb::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
 use tokio::net::UnixListener;
 use tokio::sync::{Mutex, watch};
 use tokio::task::JoinHandle;

@@ -1,8 +1,8 @@
 use std::time::{Duration, SystemTime};
 
 use hyper_util::rt::TokioIo;
-use meshward_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
-use meshward_proto::workload::{JwtsvidRequest, X509BundlesRequest, X509svidRequest};
+use meshward_contract::pb::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use meshward_contract::pb::workload::{JwtsvidRequest, X509BundlesRequest, X509svidRequest};
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 

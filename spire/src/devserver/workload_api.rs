@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::Stream;
-use meshward_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
-use meshward_proto::workload::{
+use meshward_contract::pb::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
+use meshward_contract::pb::workload::{
     JwtBundlesRequest, JwtBundlesResponse, JwtsvidRequest, JwtsvidResponse, ValidateJwtsvidRequest,
     ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse, X509svid, X509svidRequest,
     X509svidResponse,

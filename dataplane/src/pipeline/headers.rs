@@ -14,8 +14,10 @@ use std::collections::BTreeMap;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use super::pipeline::VerifiedPeer;
-use crate::state::ForwardClientCert;
+use super::VerifiedPeer;
+use super::identify::Identity;
+use super::refusal::BadRequest;
+use crate::state::{ForwardClientCert, Upstream};
 
 /// The caller's SPIFFE ID, as the mesh verified it.
 pub const AGENT_ID: &str = "x-agent-id";
@@ -127,6 +129,70 @@ pub fn set_forwarded_client_cert(
     };
     if let Ok(v) = HeaderValue::from_str(&value) {
         headers.insert(FORWARDED_CLIENT_CERT, v);
+    }
+}
+
+/// The whole hygiene stage for a request about to be judged and forwarded:
+/// hop-by-hop and mesh-asserted headers out, the verified identity, request
+/// id and (inbound, per service) `x-forwarded-client-cert` in.
+pub fn sanitize_request(
+    headers: &mut HeaderMap,
+    identity: &Identity,
+    upstream: &Upstream,
+    peer: Option<&VerifiedPeer>,
+    request_id: &str,
+) {
+    let from_peer = take_forwarded_client_cert(headers);
+    strip_hop_by_hop(headers);
+    strip_mesh_asserted(headers);
+    set_identity(
+        headers,
+        &identity.caller_id,
+        identity.caller.as_ref().map(|c| &c.attributes),
+    );
+    set_request_id(headers, request_id);
+    if let Some(peer) = peer {
+        set_forwarded_client_cert(
+            headers,
+            upstream.service.forward_client_cert,
+            from_peer,
+            &identity.own_spiffe_id,
+            peer,
+        );
+    }
+}
+
+/// One `Host` at most, and when the request line or `:authority` names an
+/// authority too, the same one: a proxy that routes by one and a backend
+/// that reads the other would disagree about where the request goes.
+pub fn check_host<B>(req: &http::Request<B>) -> Result<(), BadRequest> {
+    let mut hosts = req.headers().get_all(http::header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(BadRequest::MultipleHosts);
+    }
+    let (Some(host), Some(authority)) = (host, req.uri().authority()) else {
+        return Ok(());
+    };
+    let host = host
+        .to_str()
+        .ok()
+        .and_then(|h| h.parse::<http::uri::Authority>().ok())
+        .ok_or(BadRequest::MalformedHost)?;
+    let default_port = if req.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
+        443
+    } else {
+        80
+    };
+    let same = host.host().eq_ignore_ascii_case(authority.host())
+        && host.port_u16().unwrap_or(default_port) == authority.port_u16().unwrap_or(default_port);
+    if same {
+        Ok(())
+    } else {
+        Err(BadRequest::HostMismatch {
+            host: host.to_string(),
+            authority: authority.to_string(),
+        })
     }
 }
 
@@ -300,6 +366,37 @@ mod tests {
         assert_eq!(
             run(ForwardClientCert::AppendForward, None).as_deref(),
             Some(element)
+        );
+    }
+
+    #[test]
+    fn host_checks() {
+        let req = |uri: &str, hosts: &[&str]| {
+            let mut b = http::Request::get(uri);
+            for h in hosts {
+                b = b.header("host", *h);
+            }
+            b.body(()).unwrap()
+        };
+        assert_eq!(check_host(&req("/x", &["a"])), Ok(()));
+        assert_eq!(check_host(&req("/x", &[])), Ok(()));
+        assert_eq!(
+            check_host(&req("/x", &["a", "b"])),
+            Err(BadRequest::MultipleHosts)
+        );
+        assert_eq!(check_host(&req("http://a/x", &["A:80"])), Ok(()));
+        assert_eq!(check_host(&req("https://a/x", &["a:443"])), Ok(()));
+        assert!(matches!(
+            check_host(&req("http://a/x", &["b"])),
+            Err(BadRequest::HostMismatch { .. })
+        ));
+        assert!(matches!(
+            check_host(&req("http://a:8080/x", &["a"])),
+            Err(BadRequest::HostMismatch { .. })
+        ));
+        assert_eq!(
+            check_host(&req("http://a/x", &["a b"])),
+            Err(BadRequest::MalformedHost)
         );
     }
 

@@ -8,41 +8,112 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
+use meshward_spire::IdentityError;
 
-use super::body::{ProxyBody, full};
+use crate::breaker::BreakerOpen;
+use crate::canonical::PathError;
+use crate::policy::PolicyError;
+use crate::proxy::body::{ProxyBody, full};
+use crate::ratelimit::RateLimitError;
+use crate::route::RouteError;
 
-/// Why the dataplane answered instead of the upstream.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+/// Why the dataplane answered instead of the upstream. Each stage refuses
+/// with its own typed reason; the text is written here, at the edge.
+#[derive(Debug, thiserror::Error)]
 pub enum Refusal {
     #[error("no route: {0}")]
-    NoRoute(String),
+    NoRoute(#[from] RouteError),
     #[error("unknown service {0:?}")]
     UnknownService(String),
-    #[error("{reason}")]
-    Forbidden {
-        reason: String,
-        /// The policy's `http_status`, if it chose one (defaults to 403).
-        status: Option<u16>,
-        /// The policy's `body`, if it chose one.
-        body: Option<String>,
-        headers: Vec<(String, String)>,
-    },
-    #[error("rate limited: {reason}")]
+    #[error("{0}")]
+    Forbidden(Denial),
+    #[error("policy error: {0}")]
+    PolicyError(#[from] PolicyError),
+    #[error("rate limited: {caller} -> {service}: {error}")]
     RateLimited {
-        reason: String,
-        retry_after: Duration,
+        caller: String,
+        service: String,
+        error: RateLimitError,
     },
-    #[error("{reason}")]
-    CircuitOpen {
-        reason: String,
-        retry_after: Duration,
+    #[error("{0}")]
+    CircuitOpen(#[from] BreakerOpen),
+    #[error("upstream {service} unavailable: {reason}")]
+    Unavailable {
+        service: String,
+        reason: Unavailable,
     },
-    #[error("upstream unavailable: {0}")]
-    Unavailable(String),
     #[error("dataplane not ready: {0}")]
-    NotReady(String),
+    NotReady(#[from] NotReady),
     #[error("bad request: {0}")]
-    BadRequest(String),
+    BadRequest(#[from] BadRequest),
+}
+
+/// A denial by policy, with what the policy chose to answer.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{reason}")]
+pub struct Denial {
+    pub reason: String,
+    /// The policy's `http_status`, if it chose one (defaults to 403).
+    pub status: Option<u16>,
+    /// The policy's `body`, if it chose one.
+    pub body: Option<String>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Denial {
+    /// A plain 403 with `reason`.
+    pub fn plain(reason: impl Into<String>) -> Self {
+        Denial {
+            reason: reason.into(),
+            status: None,
+            body: None,
+            headers: Vec::new(),
+        }
+    }
+}
+
+/// Why the dataplane cannot make decisions yet (or any more).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NotReady {
+    /// No usable SVID: none yet, or expired while the Workload API is away.
+    #[error("{0}")]
+    Identity(#[from] IdentityError),
+    #[error("configuration not received from the control plane yet")]
+    NoConfig,
+    #[error("{spiffe_id} is not a registered service in the mesh config")]
+    NotRegistered { spiffe_id: String },
+}
+
+/// The client's own error: the request is malformed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum BadRequest {
+    #[error("path {path:?}: {error}")]
+    Path { path: String, error: PathError },
+    #[error("more than one Host header")]
+    MultipleHosts,
+    #[error("malformed Host header")]
+    MalformedHost,
+    #[error("Host {host} does not match the request authority {authority}")]
+    HostMismatch { host: String, authority: String },
+    #[error("request body from the client is malformed or incomplete: {0}")]
+    Body(String),
+    #[error("cannot build the upstream URI: {0}")]
+    Uri(String),
+}
+
+/// Why a request could not be delivered.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Unavailable {
+    #[error("it has no endpoints")]
+    NoEndpoints,
+    #[error("no local upstream configured")]
+    NoLocalUpstream,
+    #[error("{0}")]
+    Identity(#[from] IdentityError),
+    #[error("{endpoint}: {error}")]
+    Connect { endpoint: String, error: String },
+    #[error("no answer within {after:?} (request {request_id})")]
+    Timeout { after: Duration, request_id: String },
 }
 
 /// gRPC status codes used by the mesh (a subset of google.rpc.Code).
@@ -59,10 +130,10 @@ impl Refusal {
     pub fn kind(&self) -> &'static str {
         match self {
             Refusal::NoRoute(_) | Refusal::UnknownService(_) => "not_found",
-            Refusal::Forbidden { .. } => "forbidden",
+            Refusal::Forbidden(_) | Refusal::PolicyError(_) => "forbidden",
             Refusal::RateLimited { .. } => "rate_limited",
-            Refusal::CircuitOpen { .. } => "circuit_open",
-            Refusal::Unavailable(_) => "unavailable",
+            Refusal::CircuitOpen(_) => "circuit_open",
+            Refusal::Unavailable { .. } => "unavailable",
             Refusal::NotReady(_) => "not_ready",
             Refusal::BadRequest(_) => "bad_request",
         }
@@ -71,11 +142,13 @@ impl Refusal {
     fn http_status(&self) -> StatusCode {
         match self {
             Refusal::NoRoute(_) | Refusal::UnknownService(_) => StatusCode::NOT_FOUND,
-            Refusal::Forbidden { status, .. } => status
+            Refusal::Forbidden(d) => d
+                .status
                 .and_then(|s| StatusCode::from_u16(s).ok())
                 .unwrap_or(StatusCode::FORBIDDEN),
+            Refusal::PolicyError(_) => StatusCode::FORBIDDEN,
             Refusal::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Refusal::CircuitOpen { .. } | Refusal::Unavailable(_) | Refusal::NotReady(_) => {
+            Refusal::CircuitOpen(_) | Refusal::Unavailable { .. } | Refusal::NotReady(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -85,9 +158,9 @@ impl Refusal {
     fn grpc_status(&self) -> u16 {
         match self {
             Refusal::NoRoute(_) | Refusal::UnknownService(_) => grpc_code::NOT_FOUND,
-            Refusal::Forbidden { .. } => grpc_code::PERMISSION_DENIED,
+            Refusal::Forbidden(_) | Refusal::PolicyError(_) => grpc_code::PERMISSION_DENIED,
             Refusal::RateLimited { .. } => grpc_code::RESOURCE_EXHAUSTED,
-            Refusal::CircuitOpen { .. } | Refusal::Unavailable(_) | Refusal::NotReady(_) => {
+            Refusal::CircuitOpen(_) | Refusal::Unavailable { .. } | Refusal::NotReady(_) => {
                 grpc_code::UNAVAILABLE
             }
             Refusal::BadRequest(_) => grpc_code::INVALID_ARGUMENT,
@@ -96,9 +169,11 @@ impl Refusal {
 
     fn retry_after(&self) -> Option<Duration> {
         match self {
-            Refusal::RateLimited { retry_after, .. } | Refusal::CircuitOpen { retry_after, .. } => {
-                Some(*retry_after)
-            }
+            Refusal::RateLimited { error, .. } => Some(match error {
+                RateLimitError::RateExceeded { retry_after } => *retry_after,
+                _ => Duration::from_secs(1),
+            }),
+            Refusal::CircuitOpen(open) => Some(open.retry_after),
             _ => None,
         }
     }
@@ -111,7 +186,7 @@ impl Refusal {
             let secs = retry.as_secs() + u64::from(retry.subsec_nanos() > 0);
             builder = builder.header(header::RETRY_AFTER, secs.max(1));
         }
-        if let Refusal::Forbidden { headers, .. } = &self {
+        if let Refusal::Forbidden(Denial { headers, .. }) = &self {
             for (k, v) in headers {
                 builder = builder.header(k.as_str(), v.as_str());
             }
@@ -128,9 +203,9 @@ impl Refusal {
                 .body(full(Bytes::new()))
         } else {
             let body = match &self {
-                Refusal::Forbidden {
+                Refusal::Forbidden(Denial {
                     body: Some(body), ..
-                } => body.clone(),
+                }) => body.clone(),
                 _ => serde_json::json!({
                     "error": self.kind(),
                     "reason": self.to_string(),
@@ -182,12 +257,9 @@ mod tests {
 
     #[tokio::test]
     async fn http_forbidden_is_403_with_reason() {
-        let r = Refusal::Forbidden {
-            reason: "customer-success agents may not reach billing-system".into(),
-            status: None,
-            body: None,
-            headers: vec![],
-        }
+        let r = Refusal::Forbidden(Denial::plain(
+            "customer-success agents may not reach billing-system",
+        ))
         .into_response(false, "rid-1");
         assert_eq!(r.status(), 403);
         let v = body_json(r).await;
@@ -199,8 +271,11 @@ mod tests {
     #[test]
     fn rate_limited_rounds_retry_after_up() {
         let r = Refusal::RateLimited {
-            reason: "x".into(),
-            retry_after: Duration::from_millis(1200),
+            caller: "a".into(),
+            service: "s".into(),
+            error: RateLimitError::RateExceeded {
+                retry_after: Duration::from_millis(1200),
+            },
         }
         .into_response(false, "r");
         assert_eq!(r.status(), 429);
@@ -211,29 +286,25 @@ mod tests {
     fn grpc_refusals_are_trailers_only_with_status() {
         let cases = [
             (Refusal::UnknownService("x".into()), "5"),
-            (
-                Refusal::Forbidden {
-                    reason: "no".into(),
-                    status: None,
-                    body: None,
-                    headers: vec![],
-                },
-                "7",
-            ),
+            (Refusal::Forbidden(Denial::plain("no")), "7"),
             (
                 Refusal::RateLimited {
-                    reason: "x".into(),
-                    retry_after: Duration::from_secs(1),
+                    caller: "a".into(),
+                    service: "s".into(),
+                    error: RateLimitError::TooManyConcurrent { limit: 1 },
                 },
                 "8",
             ),
             (
-                Refusal::CircuitOpen {
-                    reason: "x".into(),
+                Refusal::CircuitOpen(BreakerOpen {
                     retry_after: Duration::from_secs(1),
-                },
+                    identity: "a".into(),
+                    upstream: "s".into(),
+                }),
                 "14",
             ),
+            (Refusal::NotReady(NotReady::NoConfig), "14"),
+            (Refusal::BadRequest(BadRequest::MultipleHosts), "3"),
         ];
         for (refusal, code) in cases {
             let r = refusal.into_response(true, "r");
@@ -250,12 +321,12 @@ mod tests {
 
     #[test]
     fn policy_status_and_body_are_honoured() {
-        let r = Refusal::Forbidden {
+        let r = Refusal::Forbidden(Denial {
             reason: "r".into(),
             status: Some(401),
             body: Some("nope".into()),
             headers: vec![("x-why".into(), "policy".into())],
-        }
+        })
         .into_response(false, "r");
         assert_eq!(r.status(), 401);
         assert_eq!(r.headers()["x-why"], "policy");

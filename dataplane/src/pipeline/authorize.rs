@@ -1,0 +1,166 @@
+//! Stage 4, authorize: the policy's decision on what the request looks like
+//! after hygiene and canonicalization, i.e. exactly what the upstream would
+//! receive.
+//!
+//! It reads a borrowed [`RequestView`] (no body stream, no upstream
+//! connection), so an ext_authz server can build one from a `CheckRequest`
+//! and reuse this stage unchanged. A denial still costs a token of the
+//! caller's rate limit ([`admit::charge_denied`]): probing denied paths is
+//! throttled like any other traffic.
+
+use std::net::SocketAddr;
+
+use http::HeaderMap;
+
+use super::admit;
+use super::identify::Identity;
+use super::refusal::{Denial, Refusal};
+use crate::policy::{CallerFacts, Decision, Direction, RequestFacts, ServiceFacts, build_input};
+use crate::ratelimit::RateLimiter;
+use crate::state::Upstream;
+
+/// What the policy sees of a request.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestView<'a> {
+    pub direction: Direction,
+    pub method: &'a str,
+    /// Canonical path and query.
+    pub path: &'a str,
+    pub host: &'a str,
+    pub scheme: &'a str,
+    /// `"HTTP/1.1"` or `"HTTP/2"`.
+    pub protocol: &'a str,
+    pub headers: &'a HeaderMap,
+    /// The body, when it was buffered for `input.parsed_body`.
+    pub body: Option<&'a [u8]>,
+    pub request_id: &'a str,
+    pub remote: SocketAddr,
+    pub local: SocketAddr,
+}
+
+/// The policy's decision for `view` if it allows the request; a denial (or
+/// an evaluation error, which denies) is a refusal.
+pub fn authorize(
+    identity: &Identity,
+    upstream: &Upstream,
+    view: &RequestView<'_>,
+    limiter: &RateLimiter,
+) -> Result<Decision, Refusal> {
+    let service = &upstream.service;
+    let facts = RequestFacts {
+        direction: view.direction,
+        method: view.method,
+        path: view.path,
+        host: view.host,
+        scheme: view.scheme,
+        protocol: view.protocol,
+        headers: view.headers,
+        body: view.body,
+        request_id: view.request_id,
+        source_principal: Some(&identity.caller_id),
+        destination_principal: Some(&service.spiffe_id),
+        source_address: Some(view.remote),
+        destination_address: Some(view.local),
+        caller: identity.caller.as_deref().map(|c| CallerFacts {
+            spiffe_id: &c.spiffe_id,
+            name: &c.name,
+            attributes: &c.attributes,
+            permissions: &c.permissions,
+        }),
+        service: Some(ServiceFacts {
+            name: &service.name,
+            spiffe_id: &service.spiffe_id,
+            metadata: &service.metadata,
+        }),
+    };
+    let decision = identity.state.policy.evaluate(&build_input(&facts))?;
+    if decision.allowed {
+        return Ok(decision);
+    }
+    admit::charge_denied(limiter, view.direction, identity, upstream)?;
+    Err(Refusal::Forbidden(Denial {
+        reason: decision
+            .reason
+            .clone()
+            .unwrap_or_else(|| "denied by policy".into()),
+        status: decision.http_status,
+        body: decision.body,
+        headers: decision.response_headers_to_add,
+    }))
+}
+
+/// Applies an allowing decision's header changes to the upstream request.
+/// Names or values that are not valid HTTP are skipped: the request is
+/// allowed either way, and a typo must not add a malformed header.
+pub fn apply(decision: &Decision, headers: &mut HeaderMap) {
+    for name in &decision.request_headers_to_remove {
+        headers.remove(name.as_str());
+    }
+    for (k, v) in &decision.headers {
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::try_from(k.as_str()),
+            http::HeaderValue::from_str(v),
+        ) {
+            headers.insert(n, v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::identify::identify;
+    use crate::pipeline::test_support::{AGENT, state};
+
+    fn view<'a>(path: &'a str, headers: &'a HeaderMap) -> RequestView<'a> {
+        RequestView {
+            direction: Direction::Outbound,
+            method: "GET",
+            path,
+            host: "svc",
+            scheme: "http",
+            protocol: "HTTP/1.1",
+            headers,
+            body: None,
+            request_id: "r",
+            remote: "127.0.0.1:1".parse().unwrap(),
+            local: "127.0.0.1:2".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn allows_and_denies_with_the_policy_reason_and_charges_denials() {
+        let id = identify(Ok(AGENT.into()), Some(state()), Direction::Outbound, None).unwrap();
+        let up = id.state.clusters["svc"].clone();
+        let limiter = RateLimiter::new();
+        let headers = HeaderMap::new();
+        assert!(authorize(&id, &up, &view("/ok", &headers), &limiter).is_ok());
+        // The agent's burst is 3: denials drain it, then they are 429s.
+        for _ in 0..3 {
+            match authorize(&id, &up, &view("/denied", &headers), &limiter) {
+                Err(Refusal::Forbidden(d)) => assert_eq!(d.reason, "denied path"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(matches!(
+            authorize(&id, &up, &view("/denied", &headers), &limiter),
+            Err(Refusal::RateLimited { .. })
+        ));
+    }
+
+    #[test]
+    fn decision_headers_are_applied_and_invalid_ones_skipped() {
+        let mut decision = Decision::allow();
+        decision.headers = vec![
+            ("x-added".into(), "1".into()),
+            ("bad name".into(), "x".into()),
+        ];
+        decision.request_headers_to_remove = vec!["x-secret".into()];
+        let mut h = HeaderMap::new();
+        h.insert("x-secret", "s".parse().unwrap());
+        apply(&decision, &mut h);
+        assert_eq!(h["x-added"], "1");
+        assert!(h.get("x-secret").is_none());
+        assert_eq!(h.len(), 1);
+    }
+}

@@ -1,0 +1,293 @@
+//! Stage 6, forward: send the request on and settle the breaker by the
+//! answer.
+//!
+//! The outbound side sends to one of the service's inbound dataplanes over
+//! mTLS h2, proving the agent's SVID and requiring the service's; the inbound
+//! side sends to the app on loopback (h2 for gRPC, HTTP/1.1 otherwise). The
+//! breaker hears a failure for a 5xx, a connect error, a timeout or a gRPC
+//! "the server could not" status; the client's own broken body is neither a
+//! success nor a failure ([`BreakerGuard::abandon`]) but a 400.
+
+use http::{HeaderMap, Request, Response, Uri, Version, header};
+
+use super::admit::Admitted;
+use super::headers;
+use super::refusal::{BadRequest, Refusal, Unavailable};
+use crate::breaker::BreakerGuard;
+use crate::policy::Direction;
+use crate::proxy::Shared;
+use crate::proxy::body::{self, BodyErrors, ProxyBody, boxed};
+use crate::proxy::guard::GuardedBody;
+use crate::state::Upstream;
+
+/// A request ready to leave: its head (the path already canonical and its
+/// headers sanitized and authorized) and body.
+pub struct Outgoing {
+    pub parts: http::request::Parts,
+    pub path_and_query: String,
+    pub body: ProxyBody,
+    pub grpc: bool,
+}
+
+/// Sends `out` to `upstream` and settles the admission by the answer. The
+/// response body holds the concurrency slot until it is done.
+pub async fn forward(
+    shared: &Shared,
+    direction: Direction,
+    upstream: &Upstream,
+    out: Outgoing,
+    admitted: Admitted,
+    request_id: &str,
+) -> Result<Response<ProxyBody>, Refusal> {
+    let (body, client_body) = body::watch_errors(out.body);
+    let sent = tokio::time::timeout(
+        shared.request_timeout,
+        send(
+            shared,
+            direction,
+            upstream,
+            out.parts,
+            &out.path_and_query,
+            body,
+            out.grpc,
+        ),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(Unavailable::Timeout {
+            after: shared.request_timeout,
+            request_id: request_id.to_string(),
+        })
+    });
+    let Admitted { permit, breaker } = admitted;
+    let mut resp = settle(sent, breaker, &client_body, &upstream.service.name)?;
+    headers::strip_hop_by_hop(resp.headers_mut());
+    if direction == Direction::Inbound {
+        // Only the mesh speaks `x-meshward-*`: an app must not be able to
+        // fake a mesh refusal to its callers.
+        headers::strip_mesh_asserted(resp.headers_mut());
+    }
+    let (parts, body) = resp.into_parts();
+    Ok(Response::from_parts(parts, GuardedBody::wrap(body, permit)))
+}
+
+/// Reports the outcome to the breaker and turns a failed send into the
+/// refusal it deserves: the client's own error (400) when its body broke.
+fn settle(
+    sent: Result<Response<ProxyBody>, Unavailable>,
+    breaker: BreakerGuard,
+    client_body: &BodyErrors,
+    service: &str,
+) -> Result<Response<ProxyBody>, Refusal> {
+    match sent {
+        Ok(resp) => {
+            if is_failure(resp.status(), resp.headers()) {
+                breaker.failure();
+            } else {
+                breaker.success();
+            }
+            Ok(resp)
+        }
+        Err(_) if client_body.failed() => {
+            breaker.abandon();
+            Err(Refusal::BadRequest(BadRequest::Body(
+                client_body.error().unwrap_or_default(),
+            )))
+        }
+        Err(reason) => {
+            breaker.failure();
+            Err(Refusal::Unavailable {
+                service: service.to_string(),
+                reason,
+            })
+        }
+    }
+}
+
+/// Upstream failures count against the breaker: 5xx, and for gRPC the
+/// trailers-only statuses that mean "the server could not do it"
+/// (DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE). Refusals by the remote side's
+/// policy or limits (403, 429, their gRPC codes) are not failures.
+pub fn is_failure(status: http::StatusCode, headers: &HeaderMap) -> bool {
+    status.is_server_error()
+        || headers
+            .get("grpc-status")
+            .is_some_and(|v| matches!(v.as_bytes(), b"4" | b"13" | b"14"))
+}
+
+async fn send(
+    shared: &Shared,
+    direction: Direction,
+    upstream: &Upstream,
+    mut parts: http::request::Parts,
+    path_and_query: &str,
+    body: ProxyBody,
+    grpc: bool,
+) -> Result<Response<ProxyBody>, Unavailable> {
+    let resp = match direction {
+        Direction::Inbound => {
+            let local = shared.local_upstream.ok_or(Unavailable::NoLocalUpstream)?;
+            parts.uri = uri("http", &local.to_string(), path_and_query)?;
+            parts.version = if grpc {
+                Version::HTTP_2
+            } else {
+                Version::HTTP_11
+            };
+            if grpc {
+                parts.headers.remove(header::HOST);
+            } else if let Ok(v) = http::HeaderValue::from_str(&upstream.service.name) {
+                parts.headers.insert(header::HOST, v);
+            }
+            shared
+                .local_client
+                .get(grpc)
+                .request(Request::from_parts(parts, body))
+                .await
+                .map_err(|e| Unavailable::Connect {
+                    endpoint: local.to_string(),
+                    error: e.to_string(),
+                })?
+        }
+        Direction::Outbound => {
+            let endpoint = shared
+                .pick_endpoint(upstream)
+                .ok_or(Unavailable::NoEndpoints)?;
+            let client = shared.mesh_client.for_peer(&upstream.service.spiffe_id)?;
+            parts.uri = uri("https", &endpoint.to_string(), path_and_query)?;
+            parts.version = Version::HTTP_2;
+            parts.headers.remove(header::HOST);
+            client
+                .request(Request::from_parts(parts, body))
+                .await
+                .map_err(|e| Unavailable::Connect {
+                    endpoint: endpoint.to_string(),
+                    error: meshward_spire::identity::error_chain(&e),
+                })?
+        }
+    };
+    let (parts, body) = resp.into_parts();
+    Ok(Response::from_parts(parts, boxed(body)))
+}
+
+/// The request URI for the next hop. The path was canonicalized already and
+/// the authority is an endpoint the contract checked, so this only fails on
+/// a bug; it is still an answer, not a panic.
+fn uri(scheme: &str, authority: &str, path_and_query: &str) -> Result<Uri, Unavailable> {
+    Uri::builder()
+        .scheme(scheme)
+        .authority(authority)
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|e| Unavailable::Connect {
+            endpoint: authority.to_string(),
+            error: format!("cannot build the request URI: {e}"),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::breaker::{BreakerSettings, BreakerState, Breakers};
+    use crate::proxy::body::full;
+
+    fn response(status: u16, grpc_status: Option<&str>) -> Response<ProxyBody> {
+        let mut r = Response::new(full(""));
+        *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+        if let Some(g) = grpc_status {
+            r.headers_mut().insert("grpc-status", g.parse().unwrap());
+        }
+        r
+    }
+
+    #[test]
+    fn breaker_failures_are_5xx_and_server_side_grpc_codes() {
+        for (status, grpc, failure) in [
+            (200, None, false),
+            (404, None, false),
+            (403, None, false),
+            (429, None, false),
+            (500, None, true),
+            (503, None, true),
+            (200, Some("0"), false),
+            (200, Some("7"), false),
+            (200, Some("8"), false),
+            (200, Some("4"), true),
+            (200, Some("13"), true),
+            (200, Some("14"), true),
+        ] {
+            let r = response(status, grpc);
+            assert_eq!(
+                is_failure(r.status(), r.headers()),
+                failure,
+                "{status} {grpc:?}"
+            );
+        }
+    }
+
+    /// Five settled sends with one outcome each, then the breaker's state.
+    fn settle_five(
+        sent: impl Fn() -> Result<Response<ProxyBody>, Unavailable>,
+        broken_body: bool,
+    ) -> BreakerState {
+        let breakers = Breakers::new();
+        let settings = BreakerSettings::default();
+        for _ in 0..5 {
+            let guard = breakers.acquire("a", "s", &settings).unwrap();
+            let errors = BodyErrors::default();
+            if broken_body {
+                let (b, e) = body::watch_errors(boxed(ErrBody));
+                let _ = futures::executor::block_on(http_body_util::BodyExt::collect(b));
+                let _ = settle(sent(), guard, &e, "s");
+            } else {
+                let _ = settle(sent(), guard, &errors, "s");
+            }
+        }
+        breakers.state("a", "s")
+    }
+
+    /// A body that fails at once, like a malformed chunked request.
+    struct ErrBody;
+
+    impl http_body::Body for ErrBody {
+        type Data = bytes::Bytes;
+        type Error = std::io::Error;
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, std::io::Error>>>
+        {
+            std::task::Poll::Ready(Some(Err(std::io::Error::other("bad chunk"))))
+        }
+    }
+
+    #[test]
+    fn settle_counts_upstream_failures_but_not_the_clients_broken_body() {
+        let connect_error = || {
+            Err(Unavailable::Connect {
+                endpoint: "e".into(),
+                error: "refused".into(),
+            })
+        };
+        assert_eq!(settle_five(connect_error, false), BreakerState::Open);
+        assert_eq!(
+            settle_five(|| Ok(response(503, None)), false),
+            BreakerState::Open
+        );
+        assert_eq!(
+            settle_five(|| Ok(response(200, None)), false),
+            BreakerState::Closed
+        );
+        assert_eq!(settle_five(connect_error, true), BreakerState::Closed);
+
+        let breakers = Breakers::new();
+        let guard = breakers
+            .acquire("a", "s", &BreakerSettings::default())
+            .unwrap();
+        let (b, e) = body::watch_errors(boxed(ErrBody));
+        let _ = futures::executor::block_on(http_body_util::BodyExt::collect(b));
+        match settle(connect_error(), guard, &e, "s") {
+            Err(Refusal::BadRequest(BadRequest::Body(why))) => assert!(why.contains("bad chunk")),
+            other => panic!("{other:?}"),
+        }
+    }
+}

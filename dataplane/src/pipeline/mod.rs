@@ -1,0 +1,222 @@
+//! The request path, composed here from top to bottom:
+//!
+//! 1. [`identify`]: who is calling (this workload outbound, the verified
+//!    peer inbound); fail closed without an SVID or a warm config.
+//! 2. [`target::route`]: which service (`/mcp://<service>` or `Host`).
+//! 3. [`target::canonicalize`]: the one path policy and service both see.
+//! 4. [`headers`]: hygiene, so the policy judges what the service receives.
+//! 5. [`authorize`]: the Rego decision (a denial still costs a token).
+//! 6. [`admit`]: the caller's rate limit and breaker.
+//! 7. [`forward`]: to the next hop, settling the breaker by the answer.
+//!
+//! Every stage refuses with a typed [`Refusal`], turned into a
+//! protocol-shaped answer in one place ([`Refusal::into_response`]).
+//! Identify, authorize and admit read no body stream and no upstream, so an
+//! ext_authz server can run them on a `CheckRequest`.
+
+pub mod admit;
+pub mod authorize;
+pub mod forward;
+pub mod headers;
+pub mod identify;
+pub mod refusal;
+pub mod target;
+#[cfg(test)]
+mod test_support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, Version, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+
+use crate::policy::Direction;
+use crate::proxy::Shared;
+use crate::proxy::body::{ProxyBody, boxed, full};
+use authorize::RequestView;
+use forward::Outgoing;
+use refusal::{BadRequest, Refusal};
+
+/// JSON bodies up to this size are buffered so policies can read
+/// `input.parsed_body`; larger or non-JSON bodies stream untouched.
+const MAX_POLICY_BODY: u64 = 64 * 1024;
+
+/// Where the request arrived and who proved to be on the other end.
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    pub direction: Direction,
+    /// The verified peer (inbound); outbound callers are the sidecar's own
+    /// workload and are identified by the dataplane's SVID.
+    pub peer: Option<Arc<VerifiedPeer>>,
+    pub remote_addr: SocketAddr,
+    pub local_addr: SocketAddr,
+}
+
+/// What the inbound mTLS handshake proved about the peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedPeer {
+    pub spiffe_id: String,
+    /// Hex SHA-256 of the peer's leaf certificate (DER), for
+    /// `x-forwarded-client-cert`'s `Hash`.
+    pub cert_sha256: String,
+}
+
+/// Handles one request end to end and always answers.
+pub async fn handle(
+    shared: Arc<Shared>,
+    arrival: Arrival,
+    req: Request<Incoming>,
+) -> Response<ProxyBody> {
+    let started = Instant::now();
+    let grpc = headers::is_grpc(req.headers());
+    let request_id = match arrival.direction {
+        Direction::Inbound => headers::inbound_request_id(req.headers()),
+        Direction::Outbound => headers::new_request_id(),
+    };
+    let direction = arrival.direction.as_str();
+    let response = match stages(&shared, &arrival, req, &request_id, grpc).await {
+        Ok(resp) => resp,
+        Err(refusal) => {
+            tracing::info!(
+                dataplane = %shared.name,
+                direction,
+                request_id = %request_id,
+                outcome = refusal.kind(),
+                "refused: {refusal}"
+            );
+            metrics::counter!(
+                "meshward_requests_refused_total",
+                "dataplane" => shared.name.clone(),
+                "direction" => direction,
+                "reason" => refusal.kind(),
+            )
+            .increment(1);
+            refusal.into_response(grpc, &request_id)
+        }
+    };
+    metrics::histogram!(
+        "meshward_request_duration_seconds",
+        "dataplane" => shared.name.clone(),
+        "direction" => direction,
+    )
+    .record(started.elapsed().as_secs_f64());
+    metrics::counter!(
+        "meshward_requests_total",
+        "dataplane" => shared.name.clone(),
+        "direction" => direction,
+        "code" => response.status().as_u16().to_string(),
+    )
+    .increment(1);
+    response
+}
+
+/// The stages, in order; the first refusal ends the request.
+async fn stages(
+    shared: &Shared,
+    arrival: &Arrival,
+    req: Request<Incoming>,
+    request_id: &str,
+    grpc: bool,
+) -> Result<Response<ProxyBody>, Refusal> {
+    let direction = arrival.direction;
+    let peer = arrival.peer.as_deref();
+    let identity = identify::identify(
+        shared.own_spiffe_id(),
+        shared.current_state(),
+        direction,
+        peer,
+    )?;
+    headers::check_host(&req)?;
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    let (upstream, raw_path) = target::route(&identity, direction, req.uri(), host)?;
+    let path_and_query = target::canonicalize(&upstream, &raw_path)?;
+    if path_and_query != raw_path {
+        tracing::debug!(dataplane = %shared.name, request_id, original = %raw_path,
+            canonical = %path_and_query, "path canonicalized");
+    }
+
+    let (mut parts, body) = req.into_parts();
+    headers::sanitize_request(&mut parts.headers, &identity, &upstream, peer, request_id);
+    let (body, buffered) = maybe_buffer(&parts.headers, body, grpc).await?;
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| parts.uri.authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    let view = RequestView {
+        direction,
+        method: parts.method.as_str(),
+        path: &path_and_query,
+        host: &host,
+        scheme: match direction {
+            Direction::Inbound => "https",
+            Direction::Outbound => "http",
+        },
+        protocol: protocol_name(parts.version),
+        headers: &parts.headers,
+        body: buffered.as_deref(),
+        request_id,
+        remote: arrival.remote_addr,
+        local: arrival.local_addr,
+    };
+    let decision = authorize::authorize(&identity, &upstream, &view, &shared.limiter)?;
+    authorize::apply(&decision, &mut parts.headers);
+
+    let admitted = admit::admit(
+        &shared.limiter,
+        &shared.breakers,
+        direction,
+        &identity,
+        &upstream,
+    )?;
+    let out = Outgoing {
+        parts,
+        path_and_query,
+        body,
+        grpc,
+    };
+    forward::forward(shared, direction, &upstream, out, admitted, request_id).await
+}
+
+fn protocol_name(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// Buffers small JSON bodies for `input.parsed_body`; streams everything else.
+async fn maybe_buffer(
+    headers: &HeaderMap,
+    body: Incoming,
+    grpc: bool,
+) -> Result<(ProxyBody, Option<Bytes>), Refusal> {
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let small = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n <= MAX_POLICY_BODY);
+    if grpc || !is_json || !small {
+        return Ok((boxed(body), None));
+    }
+    let bytes = http_body_util::Limited::new(body, MAX_POLICY_BODY as usize)
+        .collect()
+        .await
+        .map_err(|e| BadRequest::Body(e.to_string()))?
+        .to_bytes();
+    Ok((full(bytes.clone()), Some(bytes)))
+}
