@@ -4,11 +4,9 @@
 
 #![forbid(unsafe_code)]
 
-pub mod admin;
 #[doc(hidden)]
 pub mod fuzz_checks;
 pub mod skill;
-pub mod spire_entries;
 pub mod telemetry;
 pub mod up;
 

@@ -109,8 +109,8 @@ enum SpireCommand {
         #[arg(long)]
         parent_id: Option<String>,
         /// `unix`: unix:user:mw-<name>; `k8s`: k8s:ns:<namespace> + k8s:sa:<name>.
-        #[arg(long, value_enum, default_value = "unix")]
-        selectors: meshward::spire_entries::SelectorKind,
+        #[arg(long, default_value = "unix")]
+        selectors: meshward_spire::entries::SelectorKind,
         /// Kubernetes namespace of the workloads (k8s selectors).
         #[arg(long, default_value = "meshward")]
         k8s_namespace: String,
@@ -208,9 +208,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             )
             .await?;
             let stop = CancellationToken::new();
-            let admin_task = tokio::spawn(meshward::admin::serve_controlplane(
-                admin_listener,
-                cp.status(),
+            let admin_task = tokio::spawn(meshward_dataplane::admin::serve(
+                meshward_dataplane::listener::Listener::new(
+                    admin_listener,
+                    meshward_dataplane::listener::ListenerKind::Admin,
+                    "controlplane",
+                ),
+                std::sync::Arc::new(cp.status()),
                 telemetry::prometheus(),
                 stop.clone(),
             ));
@@ -267,7 +271,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 async fn spire(command: SpireCommand) -> anyhow::Result<ExitCode> {
-    use meshward::spire_entries::{self, EntryOptions, ServerCli};
+    use meshward_spire::entries::{self as spire_entries, EntryOptions, ServerCli};
     let SpireCommand::Entries {
         config,
         apply,
@@ -286,7 +290,7 @@ async fn spire(command: SpireCommand) -> anyhow::Result<ExitCode> {
         anyhow::anyhow!("{}: {} error(s)", config.display(), errors.len())
     })?;
     let entries = spire_entries::plan(
-        &mesh,
+        &mesh.spire_registry(),
         &EntryOptions {
             parent_id,
             selectors,

@@ -16,6 +16,8 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use meshward_controlplane::config::{self, Mesh};
 use meshward_controlplane::{ControlPlane, ControlPlaneOptions};
+use meshward_dataplane::admin;
+use meshward_dataplane::listener::{Listener, ListenerKind};
 use meshward_dataplane::xds::XdsClientConfig;
 use meshward_dataplane::{Dataplane, DataplaneOptions};
 use meshward_spire::IdentitySource;
@@ -24,7 +26,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{admin, skill, telemetry};
+use crate::{skill, telemetry};
 
 /// How to run the mesh.
 #[derive(Debug, Clone)]
@@ -209,9 +211,9 @@ impl Up {
         })
         .await
         .context("starting the control plane")?;
-        tasks.push(tokio::spawn(admin::serve_controlplane(
-            cp_admin_listener,
-            controlplane.status(),
+        tasks.push(tokio::spawn(admin::serve(
+            Listener::new(cp_admin_listener, ListenerKind::Admin, "controlplane"),
+            Arc::new(controlplane.status()),
             metrics.clone(),
             stop.clone(),
         )));

@@ -18,6 +18,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod pb;
 pub mod rules;
 pub mod spec;

@@ -10,21 +10,10 @@ use hyper::body::Incoming;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::listener::{self, ConnectionOptions, Listener, ListenerKind, ListenerLimits};
+use crate::listener::{self, ConnectionOptions, Listener, ListenerKind};
 use crate::proxy::body::{ProxyBody, full};
 
-/// What the admin endpoint reports; implemented by the dataplane and the
-/// control plane so both share one admin server.
-pub trait AdminSource: Send + Sync + 'static {
-    /// `Ok(())` when ready to serve, else the reason it is not.
-    fn readiness(&self) -> Result<(), String>;
-    /// The current configuration as JSON.
-    fn config_dump(&self) -> serde_json::Value;
-    /// The listener limits in force (the defaults unless configured).
-    fn listener_limits(&self) -> ListenerLimits {
-        ListenerLimits::default()
-    }
-}
+pub use meshward_contract::admin::AdminSource;
 
 /// Serves the admin endpoint until `stop` is cancelled.
 pub async fn serve(

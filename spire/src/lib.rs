@@ -21,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod devserver;
+pub mod entries;
 pub mod grpc;
 pub mod identity;
 #[cfg(test)]

@@ -23,7 +23,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use meshward::spire_entries::unix_user;
+use meshward_spire::entries::unix_user;
 
 const MESHWARD: &str = env!("CARGO_BIN_EXE_meshward");
 
@@ -598,7 +598,7 @@ impl SpireMesh {
         let entries_report = spire.apply_entries(&config, &ttl_args);
         spire.start_agent();
         let logs = spire.dir.join("logs");
-        let cp_id = meshward::spire_entries::controlplane_id(&mesh.trust_domain);
+        let cp_id = meshward_spire::entries::controlplane_id(&mesh.trust_domain);
 
         let mut procs = Vec::new();
         let mut cmd = spire.workload_command("controlplane", MESHWARD);
@@ -686,7 +686,7 @@ impl SpireMesh {
     /// an admin port of its own, returned. It is killed with the mesh.
     pub fn spawn_dataplane(&mut self, member: &str, node: &str, extra: &[String]) -> String {
         let admin = format!("127.0.0.1:{}", free_port());
-        let cp_id = meshward::spire_entries::controlplane_id(&self.spire.trust_domain);
+        let cp_id = meshward_spire::entries::controlplane_id(&self.spire.trust_domain);
         let mut cmd = self.spire.workload_command(member, MESHWARD);
         cmd.args([
             "dataplane",

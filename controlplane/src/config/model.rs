@@ -40,6 +40,23 @@ impl Mesh {
             .values()
             .find(|s| s.spec.spiffe_id == spiffe_id)
     }
+
+    /// Who exists in the mesh, for SPIRE registration entries.
+    pub fn spire_registry(&self) -> meshward_spire::entries::Registry {
+        meshward_spire::entries::Registry {
+            trust_domain: self.trust_domain.clone(),
+            agents: self
+                .agents
+                .values()
+                .map(|a| (a.name.clone(), a.spiffe_id.clone()))
+                .collect(),
+            services: self
+                .services
+                .values()
+                .map(|s| (s.spec.name.clone(), s.spec.spiffe_id.clone()))
+                .collect(),
+        }
+    }
 }
 
 /// A service as `mesh.yaml` describes it: what every dataplane learns about

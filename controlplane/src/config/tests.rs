@@ -780,3 +780,32 @@ agents:
         "at least 100ms",
     );
 }
+
+#[test]
+fn spire_registry_lists_every_agent_and_service() {
+    let (_dir, path) = mesh_dir("registry", MESH);
+    let mesh = load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let registry = mesh.spire_registry();
+    assert_eq!(registry.trust_domain, "example.org");
+    assert_eq!(
+        registry.agents,
+        vec![
+            (
+                "agent-a".to_string(),
+                "spiffe://example.org/agent/a".to_string()
+            ),
+            (
+                "agent-b".to_string(),
+                "spiffe://example.org/agent/b".to_string()
+            ),
+        ]
+    );
+    assert_eq!(
+        registry
+            .services
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect::<Vec<_>>(),
+        vec!["hello", "world"]
+    );
+}

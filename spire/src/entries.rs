@@ -1,4 +1,4 @@
-//! `meshward spire entries`: the mesh file as SPIRE registration entries.
+//! `meshward spire entries`: the mesh's registry as SPIRE registration entries.
 //!
 //! `mesh.yaml` is the one registry of who exists in the mesh; SPIRE must issue
 //! an SVID to exactly those identities. Writing the entries by hand would make
@@ -25,7 +25,18 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use meshward_controlplane::config::Mesh;
+/// Who exists in the mesh, as far as SPIRE needs to know: each agent's and
+/// service's name and SPIFFE ID (the control plane derives it from
+/// `mesh.yaml`; this crate knows SPIRE, not the mesh file).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registry {
+    /// The mesh's trust domain.
+    pub trust_domain: String,
+    /// (name, SPIFFE ID), by name.
+    pub agents: Vec<(String, String)>,
+    /// (name, SPIFFE ID), by name.
+    pub services: Vec<(String, String)>,
+}
 
 /// Longest Linux user name `useradd` accepts.
 const MAX_UNIX_USER: usize = 32;
@@ -67,12 +78,24 @@ pub enum EntriesError {
 }
 
 /// How workloads are told apart on a node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SelectorKind {
     /// `unix:user:mw-<name>` (the unix workload attestor, local runs).
     Unix,
     /// `k8s:ns:<namespace>` + `k8s:sa:<name>` (the k8s workload attestor).
     K8s,
+}
+
+impl std::str::FromStr for SelectorKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "unix" => Ok(SelectorKind::Unix),
+            "k8s" => Ok(SelectorKind::K8s),
+            other => Err(format!("unknown selector kind {other:?} (unix or k8s)")),
+        }
+    }
 }
 
 /// What the entries are derived for, beyond the mesh file.
@@ -109,12 +132,15 @@ impl Default for EntryOptions {
 pub struct Entry {
     /// Which mesh workload this is, for messages (`agent support-triage`).
     pub workload: String,
+    /// The workload's SPIFFE ID.
     pub spiffe_id: String,
+    /// The node (alias) the entry hangs off.
     pub parent_id: String,
     /// `type:value` strings, sorted.
     pub selectors: Vec<String>,
     /// A node alias entry (`-node`) rather than a workload entry.
     pub node: bool,
+    /// X509-SVID lifetime in seconds; `None` keeps the server's default.
     pub x509_svid_ttl: Option<u32>,
 }
 
@@ -133,10 +159,10 @@ pub fn unix_user(name: &str) -> String {
     format!("{UNIX_USER_PREFIX}{name}")
 }
 
-/// The entries for every agent and service of `mesh` and for its control
-/// plane (control plane first, then agents, then services, each by name).
-pub fn plan(mesh: &Mesh, opts: &EntryOptions) -> Result<Vec<Entry>, EntriesError> {
-    let td = &mesh.trust_domain;
+/// The entries for every agent and service of `registry` and for its control
+/// plane (control plane first, then agents, then services, in registry order).
+pub fn plan(registry: &Registry, opts: &EntryOptions) -> Result<Vec<Entry>, EntriesError> {
+    let td = &registry.trust_domain;
     let parent_id = opts
         .parent_id
         .clone()
@@ -156,14 +182,16 @@ pub fn plan(mesh: &Mesh, opts: &EntryOptions) -> Result<Vec<Entry>, EntriesError
         controlplane_id(td),
     )];
     workloads.extend(
-        mesh.agents
-            .values()
-            .map(|a| ("agent", a.name.clone(), a.spiffe_id.clone())),
+        registry
+            .agents
+            .iter()
+            .map(|(name, id)| ("agent", name.clone(), id.clone())),
     );
     workloads.extend(
-        mesh.services
-            .values()
-            .map(|s| ("service", s.spec.name.clone(), s.spec.spiffe_id.clone())),
+        registry
+            .services
+            .iter()
+            .map(|(name, id)| ("service", name.clone(), id.clone())),
     );
 
     let mut entries = Vec::new();
@@ -218,6 +246,7 @@ pub fn plan(mesh: &Mesh, opts: &EntryOptions) -> Result<Vec<Entry>, EntriesError
 /// Where `spire-server` is and how it reaches the server's API socket.
 #[derive(Debug, Clone)]
 pub struct ServerCli {
+    /// The `spire-server` binary.
     pub spire_server: PathBuf,
     /// `-socketPath`; `None` uses spire-server's default.
     pub socket: Option<PathBuf>,
@@ -285,10 +314,15 @@ fn entry_args(entry: &Entry, with_parent: bool) -> Vec<String> {
 /// An entry as the server has it (from `entry show -output json`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Existing {
+    /// The server's entry ID.
     pub id: String,
+    /// The entry's SPIFFE ID.
     pub spiffe_id: String,
+    /// The entry's parent ID.
     pub parent_id: String,
+    /// `type:value` strings.
     pub selectors: BTreeSet<String>,
+    /// X509-SVID lifetime in seconds (0: the server's default).
     pub x509_svid_ttl: u32,
 }
 
@@ -362,9 +396,15 @@ pub fn parse_existing(json: &str) -> Result<Vec<Existing>, EntriesError> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// The server has it already, selectors and TTL as wanted.
-    Unchanged { id: String },
+    Unchanged {
+        /// The server's entry ID.
+        id: String,
+    },
     /// The server has an entry for this SPIFFE ID and parent that differs.
-    Update { id: String },
+    Update {
+        /// The server's entry ID.
+        id: String,
+    },
     /// The server has no entry for this SPIFFE ID and parent.
     Create,
 }
@@ -476,13 +516,28 @@ pub fn default_spire_server() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use meshward_controlplane::config;
 
-    fn shipped_mesh() -> Mesh {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/local/mesh.yaml");
-        match config::load(&path) {
-            Ok(m) => m,
-            Err(e) => panic!("{e:?}"),
+    /// The demo mesh's registry (deploy/local/mesh.yaml).
+    fn shipped_mesh() -> Registry {
+        let id = |kind: &str, name: &str| {
+            (
+                name.to_string(),
+                format!("spiffe://example.org/{kind}/{name}"),
+            )
+        };
+        Registry {
+            trust_domain: "example.org".into(),
+            agents: vec![id("agent", "billing-bot"), id("agent", "support-triage")],
+            services: [
+                "billing-system",
+                "customer-lookup",
+                "hello-skill",
+                "sentiment-analysis",
+                "support-system",
+            ]
+            .iter()
+            .map(|n| id("service", n))
+            .collect(),
         }
     }
 
@@ -568,16 +623,12 @@ mod tests {
     #[test]
     fn names_too_long_for_a_unix_user_are_refused() {
         let mut mesh = shipped_mesh();
-        let mut agent = mesh.agents["billing-bot"].clone();
-        agent.name = "a".repeat(30);
-        mesh.agents.insert(agent.name.clone(), agent);
+        mesh.agents[0].0 = "a".repeat(30);
         let err = plan(&mesh, &EntryOptions::default()).unwrap_err();
         assert!(err.to_string().contains(&"a".repeat(30)), "{err}");
         // 29 characters is the longest that fits.
         let mut mesh = shipped_mesh();
-        let mut agent = mesh.agents["billing-bot"].clone();
-        agent.name = "a".repeat(29);
-        mesh.agents.insert(agent.name.clone(), agent);
+        mesh.agents[0].0 = "a".repeat(29);
         assert!(plan(&mesh, &EntryOptions::default()).is_ok());
     }
 

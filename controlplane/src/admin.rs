@@ -1,30 +1,25 @@
-//! The control plane's admin endpoint (`/ready`, `/metrics`, `/config_dump`),
-//! served by the same admin server as the dataplanes.
+//! The control plane's admin endpoint: ready when it serves xDS with a usable
+//! SVID, and `/config_dump` shows the model it serves. The admin server
+//! itself is shared with the dataplanes.
 
-use std::sync::Arc;
+use meshward_contract::admin::AdminSource;
+use meshward_contract::spec::ListenerLimits;
 
-use meshward_controlplane::ControlPlaneStatus;
-use meshward_dataplane::admin::{self, AdminSource};
-use meshward_dataplane::listener::{Listener, ListenerKind, ListenerLimits};
-use metrics_exporter_prometheus::PrometheusHandle;
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use crate::ControlPlaneStatus;
 
-struct ControlPlaneAdmin(ControlPlaneStatus);
-
-impl AdminSource for ControlPlaneAdmin {
+impl AdminSource for ControlPlaneStatus {
     fn readiness(&self) -> Result<(), String> {
-        self.0.readiness()
+        ControlPlaneStatus::readiness(self)
     }
 
     /// The control plane's admin listener follows `mesh.yaml` like the
     /// dataplanes' do.
     fn listener_limits(&self) -> ListenerLimits {
-        self.0.mesh().listeners
+        self.mesh().listeners
     }
 
     fn config_dump(&self) -> serde_json::Value {
-        let mesh = self.0.mesh();
+        let mesh = self.mesh();
         serde_json::json!({
             "source": mesh.source,
             "trust_domain": mesh.trust_domain,
@@ -44,14 +39,4 @@ impl AdminSource for ControlPlaneAdmin {
             })).collect::<Vec<_>>(),
         })
     }
-}
-
-pub async fn serve_controlplane(
-    listener: TcpListener,
-    status: ControlPlaneStatus,
-    metrics: Option<PrometheusHandle>,
-    stop: CancellationToken,
-) {
-    let listener = Listener::new(listener, ListenerKind::Admin, "controlplane");
-    admin::serve(listener, Arc::new(ControlPlaneAdmin(status)), metrics, stop).await
 }
