@@ -12,6 +12,10 @@
 //! - [`rules`]: the syntax of single values (trust domains, SPIFFE IDs,
 //!   names, hosts, `host:port`), shared by `meshward validate`, the
 //!   dataplane's ACK checks and the TLS layer.
+//! - [`sotw`]: the state-of-the-world stream rules (subscriptions, nonces,
+//!   ACK/NACK), without I/O, for the control plane's ADS and the dev
+//!   server's SDS.
+//! - [`admin`]: what an admin endpoint reports.
 //!
 //! Because both planes use these, `meshward validate` accepts exactly what a
 //! dataplane ACKs; `controlplane/tests` and the dataplane's xDS tests check it.
@@ -21,5 +25,6 @@
 pub mod admin;
 pub mod pb;
 pub mod rules;
+pub mod sotw;
 pub mod spec;
 pub mod type_url;

@@ -1,59 +1,40 @@
 //! State-of-the-world ADS (`StreamAggregatedResources`).
 //!
-//! Per type URL the session remembers the subscription (wildcard or explicit
-//! names), the version and nonce of the last response, and the version the
-//! client last rejected. A response carries every subscribed resource of the
-//! type; its `version_info` is a hash of their names and versions, so it
-//! changes exactly when the set the client should hold changes.
-
-use std::collections::{BTreeMap, BTreeSet};
+//! The stream rules (subscriptions, nonces, ACK/NACK) are the contract's
+//! [`SotwStream`]; this session decides what to send: per type, every
+//! subscribed resource of the node's snapshot, at a `version_info` that is a
+//! hash of their names and versions, so it changes exactly when the set the
+//! client should hold changes.
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use meshward_contract::sotw::{Received, SotwStream};
 use sha2::{Digest, Sha256};
 use tracing::debug;
 
-use super::{Nonces, Session, record_nack};
+use super::{Session, record_nack};
 use crate::snapshot::{NodeIdentity, Snapshot, type_url};
 
-/// The explicit wildcard resource name.
-pub const WILDCARD: &str = "*";
-
-#[derive(Debug, Default)]
-struct TypeState {
-    /// Subscribed to every resource of the type.
-    wildcard: bool,
-    /// Wildcard because the first request named nothing (legacy wildcard):
-    /// later requests that name nothing keep it.
-    legacy_wildcard: bool,
-    /// Explicitly subscribed names (without `*`).
-    names: BTreeSet<String>,
-    /// `(version_info, nonce)` of the last response sent.
-    sent: Option<(String, String)>,
-    /// The version the client NACKed; never sent to it again.
-    nacked_version: Option<String>,
-}
+pub use meshward_contract::sotw::WILDCARD;
 
 /// One SotW ADS stream's protocol state.
 #[derive(Debug)]
 pub struct SotwSession {
     node: NodeIdentity,
     snapshot: Snapshot,
-    types: BTreeMap<String, TypeState>,
-    nonces: Nonces,
+    stream: SotwStream,
 }
 
 impl SotwSession {
-    /// Builds the response for `type_url` if the client should get one:
-    /// always after its first request (`force`), otherwise only when the
-    /// subscribed set changed since the last response and is not the version
-    /// the client rejected.
+    /// The response for `type_url` if the client should get one: always
+    /// when `force`d, otherwise only when the subscribed set changed since
+    /// the last response and is not the version the client rejected.
     fn respond(&mut self, type_url: &str, force: bool) -> Option<DiscoveryResponse> {
-        let state = self.types.get_mut(type_url)?;
+        let subscription = self.stream.subscription(type_url)?;
         let resources: Vec<_> = self
             .snapshot
             .resources(type_url)
-            .filter(|(name, _)| state.wildcard || state.names.contains(*name))
+            .filter(|(name, _)| subscription.wants(name))
             .collect();
         let mut hasher = Sha256::new();
         for (name, resource) in &resources {
@@ -63,22 +44,11 @@ impl SotwSession {
             hasher.update([b'\n']);
         }
         let version = hex::encode(hasher.finalize());
-        let unchanged = state.sent.as_ref().is_some_and(|(v, _)| *v == version);
-        if (unchanged && !force) || state.nacked_version.as_deref() == Some(version.as_str()) {
-            return None;
-        }
-        let nonce = self.nonces.next();
-        state.sent = Some((version.clone(), nonce.clone()));
-        Some(DiscoveryResponse {
-            version_info: version,
-            resources: resources
-                .into_iter()
-                .map(|(_, r)| r.resource.clone())
-                .collect(),
-            type_url: type_url.to_string(),
-            nonce,
-            ..Default::default()
-        })
+        let resources = resources
+            .into_iter()
+            .map(|(_, r)| r.resource.clone())
+            .collect();
+        self.stream.respond(type_url, version, resources, force)
     }
 }
 
@@ -91,8 +61,7 @@ impl Session for SotwSession {
         Self {
             node,
             snapshot,
-            types: BTreeMap::new(),
-            nonces: Nonces::default(),
+            stream: SotwStream::default(),
         }
     }
 
@@ -105,49 +74,30 @@ impl Session for SotwSession {
     }
 
     fn on_request(&mut self, request: DiscoveryRequest) -> Vec<DiscoveryResponse> {
-        let type_url = request.type_url.clone();
-        let first = !self.types.contains_key(&type_url);
-        let state = self.types.entry(type_url.clone()).or_default();
-
-        if !request.response_nonce.is_empty() {
-            let Some((sent_version, sent_nonce)) = state.sent.clone() else {
-                debug!(node = %self.node.node_id, %type_url, "nonce for a type never sent; ignored");
-                return Vec::new();
-            };
-            if sent_nonce != request.response_nonce {
-                // A newer response is in flight; this request is stale.
-                debug!(node = %self.node.node_id, %type_url, nonce = %request.response_nonce, "stale nonce; ignored");
+        let type_url = request.type_url.as_str();
+        let outcome = self.stream.receive(&request);
+        match &outcome.received {
+            Received::Ignored => {
+                // A newer response is in flight, or the type was never sent.
+                debug!(node = %self.node.node_id, type_url, nonce = %request.response_nonce, "stale nonce; ignored");
                 return Vec::new();
             }
-            match &request.error_detail {
-                Some(status) => {
-                    record_nack(Self::PROTOCOL, &self.node, &type_url, &status.message);
-                    state.nacked_version = Some(sent_version);
-                }
-                None => {
-                    debug!(node = %self.node.node_id, %type_url, version = %request.version_info, "ACK");
-                }
+            Received::Nack { message, .. } => {
+                record_nack(Self::PROTOCOL, &self.node, type_url, message);
             }
+            Received::Ack { version } => {
+                debug!(node = %self.node.node_id, type_url, %version, "ACK");
+            }
+            Received::Subscribe => {}
         }
-
-        let mut names: BTreeSet<String> = request.resource_names.into_iter().collect();
-        if names.remove(WILDCARD) {
-            state.wildcard = true;
-            state.legacy_wildcard = false;
-        } else if names.is_empty() && (first || state.legacy_wildcard) {
-            state.wildcard = true;
-            state.legacy_wildcard = true;
-        } else {
-            state.wildcard = false;
-            state.legacy_wildcard = false;
-        }
-        state.names = names;
-        self.respond(&type_url, first).into_iter().collect()
+        // A first request is always answered; after that, only a changed
+        // set (a new subscription or content) is.
+        self.respond(type_url, outcome.first).into_iter().collect()
     }
 
     fn on_snapshot(&mut self, snapshot: Snapshot) -> Vec<DiscoveryResponse> {
         self.snapshot = snapshot;
-        let mut subscribed: Vec<String> = self.types.keys().cloned().collect();
+        let mut subscribed: Vec<String> = self.stream.types().map(str::to_string).collect();
         subscribed.sort_by_key(|t| type_url::push_rank(t));
         subscribed
             .iter()
@@ -193,6 +143,21 @@ mod tests {
         responses.remove(0)
     }
 
+    /// A request with a nonce this stream never sent is ignored, and the
+    /// next request naming nothing is still the first: the wildcard set, not
+    /// zero clusters (which a SotW client reads as "delete everything").
+    #[test]
+    fn an_ignored_request_keeps_the_legacy_wildcard() {
+        let mut s = session();
+        let ignored = DiscoveryRequest {
+            response_nonce: "unknown".into(),
+            ..request(type_url::CLUSTER, &[], None)
+        };
+        assert!(s.on_request(ignored).is_empty());
+        let first = only(s.on_request(request(type_url::CLUSTER, &[], None)));
+        assert_eq!(first.resources.len(), 2);
+    }
+
     #[test]
     fn wildcard_gets_everything_and_ack_gets_nothing() {
         let mut s = session();
@@ -203,7 +168,10 @@ mod tests {
                 .is_empty()
         );
         // Legacy wildcard survives the empty-names ACK.
-        assert!(s.types[type_url::CLUSTER].wildcard);
+        assert!(matches!(
+            s.stream.subscription(type_url::CLUSTER),
+            Some(meshward_contract::sotw::Subscription::Wildcard { .. })
+        ));
     }
 
     #[test]
@@ -269,7 +237,10 @@ mod tests {
         let mut stale = request(type_url::CLUSTER, &["hello"], Some(&first));
         stale.response_nonce = "not-a-nonce".into();
         assert!(s.on_request(stale).is_empty());
-        assert!(s.types[type_url::CLUSTER].wildcard);
+        assert!(matches!(
+            s.stream.subscription(type_url::CLUSTER),
+            Some(meshward_contract::sotw::Subscription::Wildcard { .. })
+        ));
     }
 
     #[test]

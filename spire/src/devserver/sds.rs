@@ -49,6 +49,8 @@ use prost::Message;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
+use meshward_contract::sotw::{Received, SotwStream, Subscription};
+
 use super::workload_api::{CurrentSvid, WorkloadService};
 
 /// Resource name that selects the workload's SVID whatever its SPIFFE ID
@@ -85,17 +87,14 @@ pub(crate) struct SdsService {
     workload: WorkloadService,
 }
 
-/// Per-stream xDS bookkeeping.
-#[derive(Default)]
+/// Per-stream bookkeeping beyond the xDS stream rules ([`SotwStream`]).
 struct StreamState {
+    stream: SotwStream,
     /// Bumped whenever the served SVID changes.
     version: u64,
-    /// Counter behind the nonces of this stream.
-    sent: u64,
-    /// The nonce of the last response, once one was sent.
-    last_nonce: Option<String>,
-    /// The last request that was not ignored: what to answer on rotation.
-    last_request: Option<DiscoveryRequest>,
+    /// The client's node, from the first request that carried it (Envoy
+    /// may send it only once): decides how bundles are expressed.
+    node: Option<Node>,
 }
 
 impl StreamState {
@@ -226,15 +225,15 @@ impl SdsService {
         Self { workload }
     }
 
-    /// The resources `req` asks for, from `svid`, or why they cannot be served.
-    /// `version` and `nonce` are empty for `FetchSecrets`, as with SPIRE.
-    fn build_response(
+    /// The secrets `subscription` asks for, from `svid`, or why they cannot
+    /// be served. Naming nothing (a wildcard) means the SVID under its
+    /// SPIFFE ID and the trust domain's bundle, as with SPIRE.
+    fn secrets(
         &self,
         svid: &CurrentSvid,
-        req: &DiscoveryRequest,
-        version: String,
-        nonce: String,
-    ) -> Result<DiscoveryResponse, Status> {
+        subscription: &Subscription,
+        node: Option<&Node>,
+    ) -> Result<Vec<Any>, Status> {
         let spiffe_id = self.workload.spiffe_id.as_str();
         let trust_domain = self.workload.ca.trust_domain();
         let issued = svid
@@ -245,14 +244,11 @@ impl SdsService {
         let bundles = [(trust_domain, issued.bundle.as_slice())];
         let td_id = format!("spiffe://{trust_domain}");
 
-        let mut names: BTreeSet<&str> = req
-            .resource_names
-            .iter()
-            .map(String::as_str)
-            .filter(|n| !n.is_empty())
-            .collect();
-        let everything = names.is_empty();
-        let spiffe_validator = uses_spiffe_validator(req.node.as_ref());
+        let (everything, mut names): (bool, BTreeSet<&str>) = match subscription {
+            Subscription::Wildcard { .. } => (true, BTreeSet::new()),
+            Subscription::Names(names) => (false, names.iter().map(String::as_str).collect()),
+        };
+        let spiffe_validator = uses_spiffe_validator(node);
 
         let mut resources = Vec::new();
         if names.remove(td_id.as_str()) || everything {
@@ -293,56 +289,38 @@ impl SdsService {
                 "workload {spiffe_id} is not authorized for the requested identities {names:?}"
             )));
         }
-        Ok(DiscoveryResponse {
-            version_info: version,
-            resources,
-            type_url: SECRET_TYPE_URL.to_owned(),
-            nonce,
-            ..Default::default()
-        })
+        Ok(resources)
     }
 
     /// Takes in one stream request; returns whether it must be answered now.
     fn on_request(&self, state: &mut StreamState, req: DiscoveryRequest) -> Result<bool, Status> {
         check_type_url(&req)?;
         let spiffe_id = self.workload.spiffe_id.as_str();
-        if let Some(error) = &req.error_detail {
-            tracing::warn!(
-                %spiffe_id,
-                names = ?req.resource_names,
-                version = %req.version_info,
-                code = error.code,
-                message = %error.message,
-                "Envoy rejected SDS secrets (NACK)"
-            );
+        let req = DiscoveryRequest {
+            // The stream rules are per type; an empty type is SDS here.
+            type_url: SECRET_TYPE_URL.to_string(),
+            ..req
+        };
+        if state.node.is_none() {
+            state.node = req.node.clone();
         }
-        if let Some(last_nonce) = &state.last_nonce {
-            if &req.response_nonce != last_nonce {
-                tracing::debug!(
-                    %spiffe_id,
-                    nonce = %req.response_nonce,
-                    expected = %last_nonce,
-                    "ignoring SDS request with a stale nonce"
-                );
-                return Ok(false);
+        let outcome = state.stream.receive(&req);
+        match &outcome.received {
+            Received::Ignored => {
+                tracing::debug!(%spiffe_id, nonce = %req.response_nonce, "ignoring SDS request with a stale nonce");
             }
-            if req.version_info != state.version_info() {
-                tracing::warn!(
-                    %spiffe_id,
-                    version = %req.version_info,
-                    expected = %state.version_info(),
-                    "Envoy did not apply the last SDS response and kept its previous secrets"
-                );
+            Received::Nack { version, message } => {
+                tracing::warn!(%spiffe_id, names = ?req.resource_names, %version, %message,
+                    "Envoy rejected SDS secrets (NACK)");
             }
+            Received::Ack { version } if req.version_info != *version => {
+                tracing::warn!(%spiffe_id, version = %req.version_info, expected = %version,
+                    "Envoy did not apply the last SDS response and kept its previous secrets");
+            }
+            Received::Ack { .. } | Received::Subscribe => {}
         }
-        let names_changed = state.last_request.as_ref().is_none_or(|prev| {
-            let old: BTreeSet<&String> = prev.resource_names.iter().collect();
-            let new: BTreeSet<&String> = req.resource_names.iter().collect();
-            old != new
-        });
-        tracing::debug!(%spiffe_id, names = ?req.resource_names, answer = names_changed, "SDS request");
-        state.last_request = Some(req);
-        Ok(names_changed)
+        tracing::debug!(%spiffe_id, names = ?req.resource_names, answer = outcome.answer(), "SDS request");
+        Ok(outcome.answer())
     }
 
     /// Runs one `StreamSecrets` stream until the client leaves, the request
@@ -361,8 +339,9 @@ impl SdsService {
             }
         };
         let mut state = StreamState {
+            stream: SotwStream::default(),
             version: 1,
-            ..StreamState::default()
+            node: None,
         };
         loop {
             let answer = tokio::select! {
@@ -394,7 +373,7 @@ impl SdsService {
                                 state.version += 1;
                                 tracing::debug!(%spiffe_id, version = state.version, "pushing rotated SVID over SDS");
                             }
-                            changed && state.last_request.is_some()
+                            changed && state.stream.subscription(SECRET_TYPE_URL).is_some()
                         }
                         Err(status) => {
                             tracing::error!(%spiffe_id, %status, "no replacement SVID for SDS; retrying");
@@ -407,30 +386,35 @@ impl SdsService {
             if !answer {
                 continue;
             }
-            let Some(req) = state.last_request.as_ref() else {
+            let Some(subscription) = state.stream.subscription(SECRET_TYPE_URL) else {
                 continue;
             };
-            state.sent += 1;
-            let nonce = format!("{:x}", state.sent);
-            match self.build_response(&svid, req, state.version_info(), nonce.clone()) {
-                Ok(resp) => {
-                    tracing::debug!(
-                        %spiffe_id,
-                        version = %resp.version_info,
-                        %nonce,
-                        resources = resp.resources.len(),
-                        "sending SDS response"
-                    );
-                    if tx.send(Ok(resp)).await.is_err() {
-                        return;
-                    }
-                    state.last_nonce = Some(nonce);
-                }
+            let secrets = match self.secrets(&svid, subscription, state.node.as_ref()) {
+                Ok(secrets) => secrets,
                 Err(status) => {
                     tracing::warn!(%spiffe_id, %status, "refusing SDS request");
                     let _ = tx.send(Err(status)).await;
                     return;
                 }
+            };
+            // Answered even when the version is unchanged: a changed
+            // subscription needs the secrets it now names.
+            let version = state.version_info();
+            let Some(resp) = state
+                .stream
+                .respond(SECRET_TYPE_URL, version, secrets, true)
+            else {
+                continue;
+            };
+            tracing::debug!(
+                %spiffe_id,
+                version = %resp.version_info,
+                nonce = %resp.nonce,
+                resources = resp.resources.len(),
+                "sending SDS response"
+            );
+            if tx.send(Ok(resp)).await.is_err() {
+                return;
             }
         }
     }
@@ -468,8 +452,24 @@ impl SecretDiscoveryService for SdsService {
         let req = request.into_inner();
         check_type_url(&req)?;
         let svid = self.workload.current_svid()?;
-        let resp = self.build_response(&svid, &req, String::new(), String::new())?;
-        Ok(Response::new(resp))
+        let names: BTreeSet<String> = req
+            .resource_names
+            .iter()
+            .filter(|n| !n.is_empty())
+            .cloned()
+            .collect();
+        let subscription = if names.is_empty() {
+            Subscription::Wildcard { legacy: true }
+        } else {
+            Subscription::Names(names)
+        };
+        let resources = self.secrets(&svid, &subscription, req.node.as_ref())?;
+        // `version` and `nonce` are empty for `FetchSecrets`, as with SPIRE.
+        Ok(Response::new(DiscoveryResponse {
+            resources,
+            type_url: SECRET_TYPE_URL.to_owned(),
+            ..Default::default()
+        }))
     }
 }
 
