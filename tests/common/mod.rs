@@ -8,13 +8,17 @@
 
 #![allow(dead_code)]
 
+pub mod net;
 pub mod raw;
 pub mod scenarios;
 pub mod spire;
+pub mod wait;
+
+#[allow(unused_imports)]
+pub use wait::eventually;
 
 use std::path::{Path, PathBuf};
 use std::sync::Once;
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -295,24 +299,6 @@ pub async fn answer(r: Response<hyper::body::Incoming>) -> Answer {
         status: parts.status,
         headers: parts.headers,
         body,
-    }
-}
-
-/// Polls `check` until it returns true or `within` elapses; returns how long it took.
-pub async fn eventually<F, Fut>(within: Duration, mut check: F) -> Option<Duration>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    loop {
-        if check().await {
-            return Some(start.elapsed());
-        }
-        if start.elapsed() > within {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -40,17 +40,10 @@ pub async fn forward(
     request_id: &str,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let (body, client_body) = body::watch_errors(out.body);
+    let out = Outgoing { body, ..out };
     let sent = tokio::time::timeout(
         shared.request_timeout,
-        send(
-            shared,
-            direction,
-            upstream,
-            out.parts,
-            &out.path_and_query,
-            body,
-            out.grpc,
-        ),
+        send(shared, direction, upstream, out),
     )
     .await
     .unwrap_or_else(|_| {
@@ -119,11 +112,15 @@ async fn send(
     shared: &Shared,
     direction: Direction,
     upstream: &Upstream,
-    mut parts: http::request::Parts,
-    path_and_query: &str,
-    body: ProxyBody,
-    grpc: bool,
+    out: Outgoing,
 ) -> Result<Response<ProxyBody>, Unavailable> {
+    let Outgoing {
+        mut parts,
+        path_and_query,
+        body,
+        grpc,
+    } = out;
+    let path_and_query = path_and_query.as_str();
     let resp = match direction {
         Direction::Inbound => {
             let local = shared.local_upstream.ok_or(Unavailable::NoLocalUpstream)?;

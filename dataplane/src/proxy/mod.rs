@@ -51,7 +51,6 @@ pub struct Shared {
 }
 
 impl Shared {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: String,
         identity: WorkloadIdentity,

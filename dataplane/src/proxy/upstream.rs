@@ -182,12 +182,21 @@ struct PeerPool {
 impl PeerPool {
     /// Whether new requests may still use this pool's connections.
     fn usable(&self, own_serial: &str) -> bool {
-        let retire_at = self
-            .own_expiry
-            .min(self.peer_expiry.load(Ordering::Acquire));
-        self.own_serial == own_serial
-            && unix_secs(SystemTime::now() + RETIRE_BEFORE_EXPIRY) < retire_at
+        still_usable(
+            &self.own_serial,
+            own_serial,
+            self.own_expiry.min(self.peer_expiry.load(Ordering::Acquire)),
+            SystemTime::now(),
+        )
     }
+}
+
+/// A pool made with our SVID `pool_serial`, whose connections' earliest
+/// certificate expires at `expires` (Unix seconds), may take new requests at
+/// `now` while our SVID is still `own_serial` and `now` is more than
+/// [`RETIRE_BEFORE_EXPIRY`] before that expiry.
+fn still_usable(pool_serial: &str, own_serial: &str, expires: u64, now: SystemTime) -> bool {
+    pool_serial == own_serial && unix_secs(now + RETIRE_BEFORE_EXPIRY) < expires
 }
 
 /// Pooled h2-over-mTLS clients to inbound dataplanes, one pool per expected
@@ -271,5 +280,37 @@ impl Default for LocalClient {
 impl LocalClient {
     pub fn get(&self, grpc: bool) -> &Client<HttpConnector, ProxyBody> {
         if grpc { &self.h2c } else { &self.http1 }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn at(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    #[test]
+    fn a_pool_retires_when_our_svid_rotates() {
+        assert!(still_usable("s1", "s1", 1_000, at(100)));
+        assert!(!still_usable("s1", "s2", 1_000, at(100)));
+    }
+
+    #[test]
+    fn a_pool_retires_just_before_the_earliest_certificate_expires() {
+        // Expiry at 1000 s; RETIRE_BEFORE_EXPIRY (500 ms) earlier it stops.
+        assert!(still_usable("s", "s", 1_000, at(998)));
+        assert!(!still_usable("s", "s", 1_000, at(999) + Duration::from_millis(600)));
+        assert!(!still_usable("s", "s", 1_000, at(1_000)));
+        assert!(!still_usable("s", "s", 1_000, at(2_000)));
+    }
+
+    #[test]
+    fn unix_seconds_before_the_epoch_are_zero() {
+        assert_eq!(unix_secs(at(42)), 42);
+        assert_eq!(unix_secs(UNIX_EPOCH - Duration::from_secs(5)), 0);
     }
 }
