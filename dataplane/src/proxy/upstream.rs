@@ -185,7 +185,8 @@ impl PeerPool {
         still_usable(
             &self.own_serial,
             own_serial,
-            self.own_expiry.min(self.peer_expiry.load(Ordering::Acquire)),
+            self.own_expiry
+                .min(self.peer_expiry.load(Ordering::Acquire)),
             SystemTime::now(),
         )
     }
@@ -303,7 +304,12 @@ mod tests {
     fn a_pool_retires_just_before_the_earliest_certificate_expires() {
         // Expiry at 1000 s; RETIRE_BEFORE_EXPIRY (500 ms) earlier it stops.
         assert!(still_usable("s", "s", 1_000, at(998)));
-        assert!(!still_usable("s", "s", 1_000, at(999) + Duration::from_millis(600)));
+        assert!(!still_usable(
+            "s",
+            "s",
+            1_000,
+            at(999) + Duration::from_millis(600)
+        ));
         assert!(!still_usable("s", "s", 1_000, at(1_000)));
         assert!(!still_usable("s", "s", 1_000, at(2_000)));
     }
