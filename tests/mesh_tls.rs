@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{SUPPORT_TRIAGE, TestMesh};
-use http_body_util::{BodyExt, Empty};
+use common::{SUPPORT_TRIAGE, TestMesh, raw};
+use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use meshward_spire::test_util::{TestCa, TestSvid};
 use rustls::pki_types::ServerName;
@@ -18,28 +18,9 @@ use rustls::pki_types::ServerName;
 /// Sends one h2 request over mTLS presenting `config`'s client certificate.
 /// `Err` carries why no HTTP answer came back.
 async fn try_request(addr: &str, config: Arc<rustls::ClientConfig>) -> Result<u16, String> {
-    let tcp = tokio::net::TcpStream::connect(addr)
+    raw::mtls_h2(addr, config, "/hello")
         .await
-        .map_err(|e| e.to_string())?;
-    let tls = tokio_rustls::TlsConnector::from(config)
-        .connect(ServerName::try_from("meshward.invalid").unwrap(), tcp)
-        .await
-        .map_err(|e| format!("handshake: {e}"))?;
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
-            .await
-            .map_err(|e| format!("h2: {e}"))?;
-    tokio::spawn(conn);
-    let req = http::Request::get(format!("https://{addr}/hello"))
-        .body(Empty::<Bytes>::new())
-        .unwrap();
-    let resp = tokio::time::timeout(Duration::from_secs(5), send.send_request(req))
-        .await
-        .map_err(|_| "timed out".to_string())?
-        .map_err(|e| format!("request: {e}"))?;
-    let status = resp.status().as_u16();
-    let _ = resp.into_body().collect().await;
-    Ok(status)
+        .map(|(status, _)| status)
 }
 
 fn config(svid: &TestSvid) -> Arc<rustls::ClientConfig> {
