@@ -61,6 +61,7 @@ fn assert_acked(mesh: &Mesh, node: &str) {
         &NodeIdentity {
             spiffe_id: node.to_string(),
             node_id: "test".into(),
+            client: snapshot::ClientKind::Meshward,
         },
     );
     let mut caches = Caches::default();

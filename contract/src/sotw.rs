@@ -15,7 +15,10 @@
 //!   never answered: such a request changes nothing, not even the
 //!   subscription;
 //! - with the current nonce, no `error_detail` is an ACK and an
-//!   `error_detail` a NACK; a NACKed version is never sent again;
+//!   `error_detail` a NACK; a NACKed version is not sent again while it is
+//!   the last thing the client rejected: an ACK of a later version clears
+//!   it (so a rollback to it is sent), and so does a changed subscription
+//!   (the client asked anew, as Envoy's protocol document allows);
 //! - a response is due after the first request of a type (even if empty), when
 //!   the subscription changes, and when the content's version changes.
 
@@ -133,8 +136,12 @@ impl SotwStream {
                 sent: None,
                 nacked_version: None,
             });
-        if let Received::Nack { version, .. } = &received {
-            state.nacked_version = Some(version.clone());
+        match &received {
+            Received::Nack { version, .. } => state.nacked_version = Some(version.clone()),
+            // The client moved on from what it rejected: if the content
+            // comes back to that version later (a rollback), it is owed.
+            Received::Ack { .. } => state.nacked_version = None,
+            _ => {}
         }
         let mut names: BTreeSet<String> = request
             .resource_names
@@ -284,6 +291,22 @@ mod tests {
         // A request that must be answered is, even at the rejected version.
         assert!(s.respond(T, "v2".into(), vec![], true).is_some());
         assert!(s.respond(T, "v3".into(), vec![], false).is_some());
+    }
+
+    /// v1 ACKed, v2 NACKed, v3 ACKed, then the content rolls back to v2: the
+    /// client must get it, or it stays on v3 while the server serves v2.
+    #[test]
+    fn a_rollback_to_a_once_rejected_version_is_sent() {
+        let mut s = SotwStream::default();
+        s.receive(&request(&[], "", false));
+        let r1 = s.respond(T, "v1".into(), vec![], true).unwrap();
+        s.receive(&request(&[], &r1.nonce, false));
+        let r2 = s.respond(T, "v2".into(), vec![], false).unwrap();
+        s.receive(&request(&[], &r2.nonce, true));
+        assert!(s.respond(T, "v2".into(), vec![], false).is_none());
+        let r3 = s.respond(T, "v3".into(), vec![], false).unwrap();
+        s.receive(&request(&[], &r3.nonce, false));
+        assert!(s.respond(T, "v2".into(), vec![], false).is_some());
     }
 
     /// A request with a nonce for a type never answered is ignored and must

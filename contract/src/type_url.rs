@@ -27,6 +27,11 @@ pub const DATAPLANE_SETTINGS_NAME: &str = "default";
 /// Key of Meshward's entry in `Cluster.metadata.typed_filter_metadata`.
 pub const SERVICE_METADATA_KEY: &str = "meshward";
 
+/// `Node.user_agent_name` of Meshward's own dataplanes: they receive
+/// Meshward's resource types; every other client (Envoy, gRPC) only types
+/// it knows.
+pub const MESHWARD_USER_AGENT: &str = "meshward";
+
 /// The last part of a type URL, for messages (`Cluster`, `Agent`, ...).
 pub fn short(type_url: &str) -> &str {
     type_url.rsplit(['/', '.']).next().unwrap_or(type_url)

@@ -50,6 +50,9 @@ fn format_config_errors(errors: &ConfigErrors) -> String {
         .join("\n")
 }
 
+/// How long open xDS connections may take to close when serving stops.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// What the admin endpoint shows about the control plane.
 #[derive(Clone)]
 pub struct ControlPlaneStatus {
@@ -178,10 +181,25 @@ impl ControlPlane {
     }
 
     /// Stops serving xDS (open streams are closed); the watcher keeps running.
+    ///
+    /// Streams end with `UNAVAILABLE` at once, and connections get
+    /// [`SHUTDOWN_GRACE`] to finish; a client that stopped reading (a zero
+    /// flow-control window, a frozen Envoy) would otherwise hold a graceful
+    /// shutdown, and the process, forever. After the grace the server is
+    /// dropped.
     pub async fn stop_xds(&mut self) {
-        if let Some((stop, task)) = self.server.take() {
+        if let Some((stop, mut task)) = self.server.take() {
             stop.cancel();
-            let _ = task.await;
+            if tokio::time::timeout(SHUTDOWN_GRACE, &mut task)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "xDS connections still open {SHUTDOWN_GRACE:?} after shutdown began; dropping them"
+                );
+                task.abort();
+                let _ = task.await;
+            }
         }
         self.serving.send_replace(false);
     }

@@ -48,14 +48,39 @@ pub mod type_url {
     }
 }
 
-/// Who is asking: the identity its certificate proves, plus the (unproven,
-/// informational) node id from the xDS `Node` message.
+/// Who is asking: the identity its certificate proves, plus the (unproven)
+/// node id and kind of client from the xDS `Node` message.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct NodeIdentity {
     /// SPIFFE ID of the stream's mTLS peer; the only input to authorization.
     pub spiffe_id: String,
     /// `Node.id` as sent by the client; used for logs only.
     pub node_id: String,
+    /// Which encoding the client understands; never widens what it may see.
+    pub client: ClientKind,
+}
+
+/// What speaks on the other end of a stream, as its `Node` says. It decides
+/// only the encoding: a Meshward dataplane gets Meshward's own types and the
+/// service metadata on clusters; any other client (Envoy, gRPC) only types
+/// it knows, so its `/config_dump` and decoders never meet an unknown `Any`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ClientKind {
+    #[default]
+    Meshward,
+    /// Envoy or any other client of Envoy's xDS API.
+    Envoy,
+}
+
+impl ClientKind {
+    /// From the first request's `Node` (Meshward dataplanes set
+    /// `user_agent_name` to [`type_url::MESHWARD_USER_AGENT`]).
+    pub fn of(node: Option<&envoy_types::pb::envoy::config::core::v3::Node>) -> Self {
+        match node {
+            Some(n) if n.user_agent_name == type_url::MESHWARD_USER_AGENT => ClientKind::Meshward,
+            _ => ClientKind::Envoy,
+        }
+    }
 }
 
 /// One resource with its content version.
@@ -131,6 +156,9 @@ impl Snapshot {
 /// | other ID in the trust domain (the control plane itself, an Envoy gateway) | all | no | none |
 /// | ID outside the trust domain | none | no | none |
 ///
+/// A client that is not a Meshward dataplane ([`ClientKind::Envoy`]) gets
+/// only Envoy's types, and clusters without Meshward's metadata.
+///
 /// Listeners and route configurations are not built yet: LDS/RDS
 /// subscriptions are answered with no resources.
 pub fn build(mesh: &Mesh, node: &NodeIdentity) -> Snapshot {
@@ -143,7 +171,7 @@ pub fn build(mesh: &Mesh, node: &NodeIdentity) -> Snapshot {
         snapshot.insert(
             type_url::CLUSTER,
             service.spec.name.clone(),
-            resources::cluster(service),
+            resources::cluster(service, node.client),
         );
         snapshot.insert(
             type_url::CLUSTER_LOAD_ASSIGNMENT,
@@ -159,6 +187,9 @@ pub fn build(mesh: &Mesh, node: &NodeIdentity) -> Snapshot {
         NodeKind::Service(_) => mesh.agents.values().collect(),
         NodeKind::Unregistered | NodeKind::Foreign => Vec::new(),
     };
+    if node.client == ClientKind::Envoy {
+        return snapshot;
+    }
     if matches!(kind, NodeKind::Agent(_) | NodeKind::Service(_)) {
         snapshot.insert(
             type_url::POLICY_BUNDLE,

@@ -9,8 +9,8 @@ use meshward_contract::spec::{self, Endpoint};
 use prost::Message;
 use tracing::warn;
 
-use super::VersionedResource;
 use super::type_url;
+use super::{ClientKind, VersionedResource};
 use crate::config::{self, Agent, Service};
 
 pub use meshward_contract::type_url::{DATAPLANE_SETTINGS_NAME, POLICY_BUNDLE_NAME};
@@ -18,8 +18,15 @@ pub use meshward_contract::type_url::{DATAPLANE_SETTINGS_NAME, POLICY_BUNDLE_NAM
 /// The CDS resource of a service: EDS over ADS, with Meshward's view of the
 /// service (expected SPIFFE ID, metadata, breaker, per-caller limits, path
 /// rules) in `typed_filter_metadata["meshward"]`.
-pub fn cluster(service: &Service) -> VersionedResource {
-    VersionedResource::from_encoded(type_url::CLUSTER, service.spec.to_cluster().encode_to_vec())
+///
+/// Envoy-API clients get the cluster without Meshward's metadata: they have
+/// no use for it and cannot decode its type.
+pub fn cluster(service: &Service, client: ClientKind) -> VersionedResource {
+    let mut cluster = service.spec.to_cluster();
+    if client == ClientKind::Envoy {
+        cluster.metadata = None;
+    }
+    VersionedResource::from_encoded(type_url::CLUSTER, cluster.encode_to_vec())
 }
 
 /// The EDS resource of a service: one locality with its endpoints.

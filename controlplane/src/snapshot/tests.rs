@@ -68,6 +68,7 @@ pub(crate) fn mesh() -> Mesh {
 
 pub(crate) fn node(spiffe_id: &str) -> NodeIdentity {
     NodeIdentity {
+        client: ClientKind::Meshward,
         spiffe_id: spiffe_id.to_string(),
         node_id: "test-node".to_string(),
     }

@@ -129,8 +129,8 @@ impl Session for DeltaSession {
         request.node.as_ref()
     }
 
-    fn set_node_id(&mut self, node_id: String) {
-        self.node.node_id = node_id;
+    fn request_type(request: &DeltaDiscoveryRequest) -> &str {
+        &request.type_url
     }
 
     fn on_request(&mut self, request: DeltaDiscoveryRequest) -> Vec<DeltaDiscoveryResponse> {

@@ -31,7 +31,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
 use crate::config::Mesh;
-use crate::snapshot::{self, NodeIdentity, Snapshot};
+use crate::snapshot::{self, ClientKind, NodeIdentity, Snapshot};
 
 /// Counter: responses sent, labelled `type_url` and `protocol` (`sotw`/`delta`).
 pub const METRIC_PUSHES: &str = "xds_pushes_total";
@@ -138,8 +138,8 @@ pub trait Session: Send + 'static {
     fn new(node: NodeIdentity, snapshot: Snapshot) -> Self;
     /// The `Node` a request carries (only the first must).
     fn request_node(request: &Self::Request) -> Option<&Node>;
-    /// Records the client's node id once known (logs only).
-    fn set_node_id(&mut self, node_id: String);
+    /// The type URL a request is about (ADS requires one on every request).
+    fn request_type(request: &Self::Request) -> &str;
     /// Handles one request; returns the responses to send, in order.
     fn on_request(&mut self, request: Self::Request) -> Vec<Self::Response>;
     /// Installs a rebuilt snapshot; returns the updates to push, in
@@ -176,8 +176,11 @@ fn spawn_stream<S: Session>(
     Box::pin(ReceiverStream::new(rx))
 }
 
-/// Runs one ADS stream until the client goes away or the model's sender is
-/// dropped (control plane shutting down).
+/// Runs one ADS stream until the client goes away, the control plane shuts
+/// down or the model's sender is dropped. The session (and the node's
+/// snapshot) is made on the first request, whose `Node` says what kind of
+/// client this is. Every wait also watches for shutdown, so a client that
+/// stops reading cannot hold the stream, or the server, open.
 async fn drive<S: Session>(
     spiffe_id: String,
     mut inbound: Streaming<S::Request>,
@@ -189,20 +192,31 @@ async fn drive<S: Session>(
     let mut node = NodeIdentity {
         spiffe_id,
         node_id: String::new(),
+        client: ClientKind::Meshward,
     };
-    let mesh = Arc::clone(&meshes.borrow_and_update());
-    let mut session = S::new(node.clone(), snapshot::build(&mesh, &node));
+    let mut session: Option<S> = None;
     info!(peer = %node.spiffe_id, protocol = S::PROTOCOL, "xDS stream opened");
     loop {
         let responses = tokio::select! {
             message = inbound.message() => match message {
                 Ok(Some(request)) => {
-                    if node.node_id.is_empty()
-                        && let Some(n) = S::request_node(&request)
-                    {
-                        node.node_id = n.id.clone();
-                        session.set_node_id(n.id.clone());
+                    if S::request_type(&request).is_empty() {
+                        let refusal = Status::invalid_argument(
+                            "xDS request without type_url: on ADS every request names its type",
+                        );
+                        let _ = send(&tx, Err(refusal), &shutdown).await;
+                        break;
                     }
+                    let session = match &mut session {
+                        Some(session) => session,
+                        None => {
+                            let first = S::request_node(&request);
+                            node.node_id = first.map(|n| n.id.clone()).unwrap_or_default();
+                            node.client = ClientKind::of(first);
+                            let mesh = Arc::clone(&meshes.borrow_and_update());
+                            session.insert(S::new(node.clone(), snapshot::build(&mesh, &node)))
+                        }
+                    };
                     session.on_request(request)
                 }
                 Ok(None) => {
@@ -217,22 +231,26 @@ async fn drive<S: Session>(
             changed = meshes.changed() => match changed {
                 Ok(()) => {
                     let mesh = Arc::clone(&meshes.borrow_and_update());
-                    session.on_snapshot(snapshot::build(&mesh, &node))
+                    match &mut session {
+                        Some(session) => session.on_snapshot(snapshot::build(&mesh, &node)),
+                        None => Vec::new(),
+                    }
                 }
                 Err(_) => {
-                    let _ = tx.send(Err(Status::unavailable("control plane shutting down"))).await;
+                    let _ = send(&tx, Err(Status::unavailable("control plane shutting down")), &shutdown).await;
                     break;
                 }
             },
             () = shutdown.cancelled() => {
-                let _ = tx.send(Err(Status::unavailable("control plane shutting down"))).await;
+                // Best effort: a client that is not reading gets no status.
+                let _ = tx.try_send(Err(Status::unavailable("control plane shutting down")));
                 break;
             }
         };
         for response in responses {
             let type_url = S::response_type(&response).to_string();
-            if tx.send(Ok(response)).await.is_err() {
-                debug!(peer = %node.spiffe_id, node = %node.node_id, "xDS client gone");
+            if !send(&tx, Ok(response), &shutdown).await {
+                debug!(peer = %node.spiffe_id, node = %node.node_id, "xDS client gone or server stopping");
                 return;
             }
             metrics::counter!(METRIC_PUSHES, "type_url" => type_url, "protocol" => S::PROTOCOL)
@@ -240,6 +258,16 @@ async fn drive<S: Session>(
         }
     }
     info!(peer = %node.spiffe_id, node = %node.node_id, protocol = S::PROTOCOL, "xDS stream closed");
+}
+
+/// Queues one message for the client; false when the client is gone or the
+/// server is stopping (a client that stopped reading would otherwise hold
+/// this task forever once the buffer is full).
+async fn send<T>(tx: &mpsc::Sender<T>, message: T, shutdown: &CancellationToken) -> bool {
+    tokio::select! {
+        sent = tx.send(message) => sent.is_ok(),
+        () = shutdown.cancelled() => false,
+    }
 }
 
 /// Records and logs a NACK. The resource set the client rejected is not

@@ -69,8 +69,8 @@ impl Session for SotwSession {
         request.node.as_ref()
     }
 
-    fn set_node_id(&mut self, node_id: String) {
-        self.node.node_id = node_id;
+    fn request_type(request: &DiscoveryRequest) -> &str {
+        &request.type_url
     }
 
     fn on_request(&mut self, request: DiscoveryRequest) -> Vec<DiscoveryResponse> {
@@ -90,9 +90,12 @@ impl Session for SotwSession {
             }
             Received::Subscribe => {}
         }
-        // A first request is always answered; after that, only a changed
-        // set (a new subscription or content) is.
-        self.respond(type_url, outcome.first).into_iter().collect()
+        // A first request and a changed subscription are always answered
+        // (even with a version the client once rejected: it asked anew);
+        // otherwise only a changed set is.
+        self.respond(type_url, outcome.first || outcome.changed)
+            .into_iter()
+            .collect()
     }
 
     fn on_snapshot(&mut self, snapshot: Snapshot) -> Vec<DiscoveryResponse> {

@@ -34,6 +34,7 @@ use tonic::transport::{Channel, Server};
 use super::XdsServer;
 use crate::config::Mesh;
 use crate::snapshot::{tests as fixtures, type_url};
+use meshward_contract::type_url::MESHWARD_USER_AGENT;
 
 const HELLO: &str = "spiffe://example.org/service/hello";
 const TRIAGE: &str = "spiffe://example.org/agent/triage";
@@ -194,6 +195,7 @@ impl DeltaStream {
         self.send(DeltaDiscoveryRequest {
             node: Some(Node {
                 id: "test-node".into(),
+                user_agent_name: MESHWARD_USER_AGENT.into(),
                 ..Default::default()
             }),
             type_url: type_url.into(),
@@ -426,6 +428,10 @@ async fn delta_reconnect_with_initial_versions_sends_only_differences() {
     let s = h.delta().await;
     let mut s = s;
     s.send(DeltaDiscoveryRequest {
+        node: Some(Node {
+            user_agent_name: MESHWARD_USER_AGENT.into(),
+            ..Default::default()
+        }),
         type_url: type_url::AGENT.into(),
         initial_resource_versions: first
             .resources
@@ -445,7 +451,8 @@ async fn sotw_basic_flow() {
     let mut s = h.sotw().await;
     let request = |names: &[&str], ack: Option<&DiscoveryResponse>| DiscoveryRequest {
         node: Some(Node {
-            id: "envoy-1".into(),
+            id: "dataplane-1".into(),
+            user_agent_name: MESHWARD_USER_AGENT.into(),
             ..Default::default()
         }),
         type_url: type_url::CLUSTER.into(),
@@ -505,4 +512,104 @@ async fn shutdown_ends_open_streams_with_unavailable() {
         Ok(Err(status)) => assert_eq!(status.code(), tonic::Code::Unavailable),
         other => panic!("expected UNAVAILABLE, got {other:?}"),
     }
+}
+
+/// A client that is not a Meshward dataplane (here Envoy's user agent) gets
+/// clusters without Meshward's metadata and none of Meshward's types, so
+/// its decoders and `/config_dump` never meet a type they do not know.
+#[tokio::test]
+async fn envoy_clients_get_only_envoy_types() {
+    let mut h = Harness::start(Some(HELLO)).await;
+    let mut s = h.sotw().await;
+    let envoy = Node {
+        id: "envoy-1".into(),
+        user_agent_name: "envoy".into(),
+        ..Default::default()
+    };
+    s.send(DiscoveryRequest {
+        node: Some(envoy),
+        type_url: type_url::CLUSTER.into(),
+        ..Default::default()
+    })
+    .await;
+    let clusters = s.next().await;
+    assert_eq!(clusters.resources.len(), 2);
+    for any in &clusters.resources {
+        let cluster =
+            <envoy_types::pb::envoy::config::cluster::v3::Cluster as prost::Message>::decode(
+                any.value.as_slice(),
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            cluster.metadata.is_none(),
+            "{}: Meshward metadata sent to Envoy",
+            cluster.name
+        );
+    }
+    for t in [
+        type_url::POLICY_BUNDLE,
+        type_url::AGENT,
+        type_url::DATAPLANE_SETTINGS,
+    ] {
+        s.send(DiscoveryRequest {
+            type_url: t.into(),
+            ..Default::default()
+        })
+        .await;
+        assert!(s.next().await.resources.is_empty(), "{t} sent to Envoy");
+    }
+}
+
+/// ADS multiplexes types on one stream, so a request must name its type:
+/// one without is refused, not answered.
+#[tokio::test]
+async fn requests_without_a_type_url_are_invalid() {
+    let mut h = Harness::start(Some(HELLO)).await;
+    let mut s = h.sotw().await;
+    s.send(DiscoveryRequest::default()).await;
+    match tokio::time::timeout(WAIT, s.responses.message()).await {
+        Ok(Err(status)) => assert_eq!(status.code(), tonic::Code::InvalidArgument),
+        other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+    }
+    let mut d = h.delta().await;
+    d.send(DeltaDiscoveryRequest::default()).await;
+    match tokio::time::timeout(WAIT, d.responses.message()).await {
+        Ok(Err(status)) => assert_eq!(status.code(), tonic::Code::InvalidArgument),
+        other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+    }
+}
+
+/// After a NACK the rejected version is not resent for the same request,
+/// but a client that unsubscribes and resubscribes asked anew and gets it.
+#[tokio::test]
+async fn sotw_resubscription_after_a_nack_is_answered() {
+    let mut h = Harness::start(Some(HELLO)).await;
+    let mut s = h.sotw().await;
+    let request = |names: &[&str], ack: Option<&DiscoveryResponse>, nack: bool| DiscoveryRequest {
+        node: Some(Node {
+            user_agent_name: MESHWARD_USER_AGENT.into(),
+            ..Default::default()
+        }),
+        type_url: type_url::CLUSTER.into(),
+        resource_names: names.iter().map(|n| n.to_string()).collect(),
+        response_nonce: ack.map(|r| r.nonce.clone()).unwrap_or_default(),
+        error_detail: nack.then(|| RpcStatus {
+            code: tonic::Code::InvalidArgument as i32,
+            message: "bad".into(),
+            details: vec![],
+        }),
+        ..Default::default()
+    };
+    s.send(request(&["hello"], None, false)).await;
+    let first = s.next().await;
+    s.send(request(&["hello"], Some(&first), true)).await;
+    s.send(request(&["billing"], Some(&first), false)).await;
+    let other = s.next().await;
+    assert_eq!(other.resources.len(), 1);
+    s.send(request(&["hello"], Some(&other), false)).await;
+    let again = s.next().await;
+    assert_eq!(
+        again.version_info, first.version_info,
+        "the once-NACKed set, asked for anew"
+    );
 }

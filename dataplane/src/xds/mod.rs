@@ -146,7 +146,7 @@ async fn session(
     let node = Node {
         id: config.node_id.clone(),
         cluster: config.cluster.clone(),
-        user_agent_name: "meshward".to_string(),
+        user_agent_name: meshward_contract::type_url::MESHWARD_USER_AGENT.to_string(),
         ..Default::default()
     };
     for type_url in subscribed {
