@@ -76,6 +76,12 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:15000")]
         admin: SocketAddr,
     },
+    /// Print the bootstrap of a proxy that takes its configuration from the
+    /// control plane.
+    Bootstrap {
+        #[command(subcommand)]
+        command: BootstrapCommand,
+    },
     /// Work with a real SPIRE deployment (see docs/spire.md).
     Spire {
         #[command(subcommand)]
@@ -89,6 +95,49 @@ enum Command {
         name: String,
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+    },
+}
+
+#[derive(Subcommand)]
+enum BootstrapCommand {
+    /// An Envoy bootstrap: ADS over mTLS to the control plane, certificates
+    /// from the SPIRE agent's (or dev server's) SDS socket, admin on
+    /// loopback. The Envoy's role follows from its SPIFFE ID.
+    Envoy {
+        /// The SPIFFE ID of the Envoy's SVID.
+        #[arg(long)]
+        node: String,
+        /// The control plane's xDS address.
+        #[arg(long, default_value = "127.0.0.1:18000")]
+        xds: String,
+        /// The SPIRE agent's socket (serves SDS).
+        #[arg(long)]
+        sds: PathBuf,
+        /// Delta xDS instead of state of the world.
+        #[arg(long)]
+        delta: bool,
+        /// The SPIFFE ID the control plane must present
+        /// [default: spiffe://<trust domain>/meshward/controlplane].
+        #[arg(long)]
+        xds_spiffe_id: Option<String>,
+        /// `Node.id` [default: the SPIFFE ID].
+        #[arg(long)]
+        node_id: Option<String>,
+        /// `Node.cluster`.
+        #[arg(long, default_value = "meshward")]
+        cluster: String,
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: String,
+        /// Where the outbound listener binds [default: 127.0.0.1:15001].
+        #[arg(long)]
+        outbound: Option<String>,
+        /// Where the inbound listener binds [default: 0.0.0.0:15006].
+        #[arg(long)]
+        inbound: Option<String>,
+        /// The app behind the inbound listener [default: the service's
+        /// `backend` in mesh.yaml].
+        #[arg(long)]
+        backend: Option<String>,
     },
 }
 
@@ -162,6 +211,40 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Validate { file } => Ok(validate(&file)),
         Command::Spire { command } => spire(command).await,
+        Command::Bootstrap {
+            command:
+                BootstrapCommand::Envoy {
+                    node,
+                    xds,
+                    sds,
+                    delta,
+                    xds_spiffe_id,
+                    node_id,
+                    cluster,
+                    admin,
+                    outbound,
+                    inbound,
+                    backend,
+                },
+        } => {
+            let yaml = meshward_controlplane::bootstrap::EnvoyBootstrap {
+                spiffe_id: node,
+                node_id,
+                cluster,
+                xds,
+                xds_spiffe_id,
+                sds_socket: sds,
+                delta,
+                admin,
+                outbound,
+                inbound,
+                backend,
+            }
+            .render()?;
+            use std::io::Write;
+            std::io::stdout().lock().write_all(yaml.as_bytes())?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Skill { name, listen } => {
             let listener = TcpListener::bind(listen)
                 .await

@@ -40,6 +40,11 @@ pub struct UpOptions {
     /// loopback IP (e.g. `localhost`), so dataplanes resolve it by DNS as
     /// they would a Kubernetes Service name.
     pub advertise_host: Option<String>,
+    /// Services whose inbound sidecar runs outside `up` (an Envoy on the
+    /// control plane's xDS): `up` starts no dataplane for them and keeps
+    /// their `endpoints` as written; it still runs their demo skill and
+    /// serves their identity socket.
+    pub external_services: std::collections::BTreeSet<String>,
 }
 
 impl UpOptions {
@@ -50,6 +55,7 @@ impl UpOptions {
             svid_ttl: Duration::from_secs(3600),
             ready_timeout: Duration::from_secs(30),
             advertise_host: None,
+            external_services: Default::default(),
         }
     }
 }
@@ -163,7 +169,11 @@ impl Up {
         let (xds_listener, xds_addr) = bind().await?;
         let (cp_admin_listener, cp_admin_addr) = bind().await?;
         let mut service_ports = BTreeMap::new();
-        for svc in mesh.services.values() {
+        for svc in mesh
+            .services
+            .values()
+            .filter(|s| !opts.external_services.contains(&s.spec.name))
+        {
             let inbound = bind().await?;
             let admin = bind().await?;
             let backend = match &svc.backend {
@@ -282,6 +292,35 @@ impl Up {
                 spiffe_id: agent.spiffe_id.clone(),
                 outbound: outbound_addr.to_string(),
                 admin: admin_addr.to_string(),
+            });
+        }
+        for name in &opts.external_services {
+            let svc = mesh
+                .services
+                .get(name)
+                .with_context(|| format!("external service {name} is not in the mesh file"))?;
+            let backend = match &svc.backend {
+                Some(b) => b
+                    .parse::<SocketAddr>()
+                    .with_context(|| format!("service {name}: backend {b:?} must be an ip:port"))?,
+                None => {
+                    let (l, a) = bind().await?;
+                    tasks.push(tokio::spawn(skill::serve(name.clone(), l, stop.clone())));
+                    a
+                }
+            };
+            identity
+                .register(&svc.spec.spiffe_id)
+                .await
+                .map(|socket| sockets.insert(svc.spec.spiffe_id.clone(), socket))
+                .with_context(|| format!("registering {}", svc.spec.spiffe_id))?;
+            services.push(ServiceInfo {
+                name: name.clone(),
+                spiffe_id: svc.spec.spiffe_id.clone(),
+                inbound: svc.endpoints.first().cloned().unwrap_or_default(),
+                admin: String::new(),
+                backend: backend.to_string(),
+                demo_skill: svc.backend.is_none(),
             });
         }
         for dp in &dataplanes {

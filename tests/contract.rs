@@ -62,6 +62,7 @@ fn assert_acked(mesh: &Mesh, node: &str) {
             spiffe_id: node.to_string(),
             node_id: "test".into(),
             client: snapshot::ClientKind::Meshward,
+            envoy: Default::default(),
         },
     );
     let mut caches = Caches::default();

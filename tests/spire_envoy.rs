@@ -28,27 +28,7 @@ const ENVOY_GATEWAY: &str = "spiffe://example.org/agent/envoy-gateway";
 const ENVOY_INGRESS: &str = "spiffe://example.org/service/envoy-ingress";
 
 fn envoy() -> Option<PathBuf> {
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let found = std::env::var_os("MESHWARD_ENVOY")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::fs::read_dir(repo.join(".venv/lib"))
-                .into_iter()
-                .flatten()
-                .flatten()
-                .map(|e| e.path().join("site-packages/envoy/_bin/envoy"))
-                .find(|p| p.is_file())
-        })
-        .filter(|p| p.is_file());
-    if found.is_none() {
-        let msg = "Envoy not found (run scripts/install-python-peers.sh or set MESHWARD_ENVOY)";
-        let required = ["MESHWARD_REQUIRE_PEERS", "MESHWARD_REQUIRE_SPIRE"]
-            .iter()
-            .any(|v| std::env::var(v).as_deref() == Ok("1"));
-        assert!(!required, "Envoy is required here but {msg}");
-        eprintln!("SKIPPED: {msg}");
-    }
-    found
+    common::envoy::find()
 }
 
 /// Envoy registered as an agent (client side) and as a service (server side).

@@ -8,6 +8,7 @@
 
 #![allow(dead_code)]
 
+pub mod envoy;
 pub mod net;
 pub mod raw;
 pub mod scenarios;

@@ -23,22 +23,51 @@ pub struct RawAnswer {
 }
 
 impl RawAnswer {
-    /// The JSON body after the head (bodies here have a content-length).
+    /// The body after the head, de-chunked when the answer was chunked.
+    pub fn body(&self) -> String {
+        let Some((head, body)) = self.text.split_once("\r\n\r\n") else {
+            return String::new();
+        };
+        if !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            return body.to_string();
+        }
+        let mut out = String::new();
+        let mut rest = body;
+        while let Some((size, after)) = rest.split_once("\r\n") {
+            let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+                break;
+            };
+            if n == 0 || after.len() < n {
+                break;
+            }
+            out.push_str(&after[..n]);
+            rest = after[n..].strip_prefix("\r\n").unwrap_or(&after[n..]);
+        }
+        out
+    }
+
+    /// The JSON body.
     pub fn json(&self) -> serde_json::Value {
-        let body = self
-            .text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b)
-            .unwrap_or("");
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {body}"))
+        let body = self.body();
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {body}"))
     }
 }
 
 /// Writes `request` on a new connection and reads until the server closes
 /// it (requests should say `Connection: close`), at most 10 s.
 pub async fn http1(addr: &str, request: &str) -> RawAnswer {
-    let mut tcp = TcpStream::connect(addr).await.expect("connect");
-    tcp.write_all(request.as_bytes()).await.expect("write");
+    try_http1(addr, request)
+        .await
+        .unwrap_or_else(|| panic!("cannot connect to {addr}"))
+}
+
+/// [`http1`], or `None` when nothing listens at `addr` (yet).
+pub async fn try_http1(addr: &str, request: &str) -> Option<RawAnswer> {
+    let mut tcp = TcpStream::connect(addr).await.ok()?;
+    tcp.write_all(request.as_bytes()).await.ok()?;
     let mut buf = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut buf)).await;
     let text = String::from_utf8_lossy(&buf).into_owned();
@@ -46,7 +75,7 @@ pub async fn http1(addr: &str, request: &str) -> RawAnswer {
         .strip_prefix("HTTP/1.1 ")
         .and_then(|rest| rest.get(..3))
         .and_then(|code| code.parse().ok());
-    RawAnswer { status, text }
+    Some(RawAnswer { status, text })
 }
 
 /// A `GET` of `target` (sent as is) with `Host: host` and `Connection: close`.

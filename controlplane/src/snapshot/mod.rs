@@ -9,6 +9,7 @@
 //! versions of untouched resources and delta xDS sends only what changed.
 
 mod access;
+pub mod envoy;
 mod resources;
 
 use std::collections::BTreeMap;
@@ -58,6 +59,8 @@ pub struct NodeIdentity {
     pub node_id: String,
     /// Which encoding the client understands; never widens what it may see.
     pub client: ClientKind,
+    /// Where an Envoy node's listeners bind and its app is (its metadata).
+    pub envoy: envoy::EnvoyNode,
 }
 
 /// What speaks on the other end of a stream, as its `Node` says. It decides
@@ -157,21 +160,26 @@ impl Snapshot {
 /// | ID outside the trust domain | none | no | none |
 ///
 /// A client that is not a Meshward dataplane ([`ClientKind::Envoy`]) gets
-/// only Envoy's types, and clusters without Meshward's metadata.
-///
-/// Listeners and route configurations are not built yet: LDS/RDS
-/// subscriptions are answered with no resources.
+/// only Envoy's types ([`envoy`]): clusters as an Envoy needs them (mTLS to
+/// the services' sidecars), endpoints, and listeners and routes for its
+/// role: the outbound listener for an agent or an unregistered gateway, the
+/// inbound listener for a service. Meshward dataplanes get no listeners or
+/// routes (they have their own).
 pub fn build(mesh: &Mesh, node: &NodeIdentity) -> Snapshot {
     let mut snapshot = Snapshot::default();
     let kind = classify(mesh, &node.spiffe_id);
     if kind == NodeKind::Foreign {
         return snapshot;
     }
+    if node.client == ClientKind::Envoy {
+        resources::envoy(mesh, node, &kind, &mut snapshot);
+        return snapshot;
+    }
     for service in mesh.services.values() {
         snapshot.insert(
             type_url::CLUSTER,
             service.spec.name.clone(),
-            resources::cluster(service, node.client),
+            resources::cluster(service),
         );
         snapshot.insert(
             type_url::CLUSTER_LOAD_ASSIGNMENT,
@@ -187,9 +195,6 @@ pub fn build(mesh: &Mesh, node: &NodeIdentity) -> Snapshot {
         NodeKind::Service(_) => mesh.agents.values().collect(),
         NodeKind::Unregistered | NodeKind::Foreign => Vec::new(),
     };
-    if node.client == ClientKind::Envoy {
-        return snapshot;
-    }
     if matches!(kind, NodeKind::Agent(_) | NodeKind::Service(_)) {
         snapshot.insert(
             type_url::POLICY_BUNDLE,

@@ -10,7 +10,7 @@ use prost::Message;
 use tracing::warn;
 
 use super::type_url;
-use super::{ClientKind, VersionedResource};
+use super::{NodeIdentity, NodeKind, Snapshot, VersionedResource, envoy};
 use crate::config::{self, Agent, Service};
 
 pub use meshward_contract::type_url::{DATAPLANE_SETTINGS_NAME, POLICY_BUNDLE_NAME};
@@ -18,15 +18,78 @@ pub use meshward_contract::type_url::{DATAPLANE_SETTINGS_NAME, POLICY_BUNDLE_NAM
 /// The CDS resource of a service: EDS over ADS, with Meshward's view of the
 /// service (expected SPIFFE ID, metadata, breaker, per-caller limits, path
 /// rules) in `typed_filter_metadata["meshward"]`.
-///
-/// Envoy-API clients get the cluster without Meshward's metadata: they have
-/// no use for it and cannot decode its type.
-pub fn cluster(service: &Service, client: ClientKind) -> VersionedResource {
-    let mut cluster = service.spec.to_cluster();
-    if client == ClientKind::Envoy {
-        cluster.metadata = None;
+pub fn cluster(service: &Service) -> VersionedResource {
+    VersionedResource::from_encoded(type_url::CLUSTER, service.spec.to_cluster().encode_to_vec())
+}
+
+/// The resources of an Envoy node (see [`super::envoy`]).
+pub fn envoy(mesh: &config::Mesh, node: &NodeIdentity, kind: &NodeKind, snapshot: &mut Snapshot) {
+    let mut put = |type_url: &str, name: &str, bytes: Vec<u8>| {
+        snapshot.insert(
+            type_url,
+            name.to_string(),
+            VersionedResource::from_encoded(type_url, bytes),
+        );
+    };
+    for service in mesh.services.values() {
+        let name = &service.spec.name;
+        put(
+            type_url::CLUSTER,
+            name,
+            envoy::service_cluster(mesh, service).encode_to_vec(),
+        );
+        if envoy::uses_eds(service) {
+            put(
+                type_url::CLUSTER_LOAD_ASSIGNMENT,
+                name,
+                spec::load_assignment(name, &envoy::endpoints(service)).encode_to_vec(),
+            );
+        }
     }
-    VersionedResource::from_encoded(type_url::CLUSTER, cluster.encode_to_vec())
+    match kind {
+        NodeKind::Service(name) => {
+            let backend = node.envoy.backend.clone().or_else(|| {
+                mesh.services
+                    .get(name)
+                    .and_then(|s| s.backend.as_deref())
+                    .and_then(|b| rules::endpoint(b, false).ok())
+            });
+            let Some(backend) = backend else {
+                warn!(node = %node.node_id, service = %name,
+                    "no backend for the Envoy in front of this service (node metadata {} or the service's backend); no inbound listener",
+                    envoy::metadata::BACKEND);
+                return;
+            };
+            put(
+                type_url::CLUSTER,
+                envoy::LOCAL_APP,
+                envoy::local_app_cluster(&backend).encode_to_vec(),
+            );
+            put(
+                type_url::LISTENER,
+                envoy::INBOUND,
+                envoy::inbound_listener(mesh, &node.envoy).encode_to_vec(),
+            );
+            put(
+                type_url::ROUTE_CONFIGURATION,
+                envoy::INBOUND,
+                envoy::inbound_routes(mesh).encode_to_vec(),
+            );
+        }
+        NodeKind::Agent(_) | NodeKind::Unregistered => {
+            put(
+                type_url::LISTENER,
+                envoy::OUTBOUND,
+                envoy::outbound_listener(&node.envoy).encode_to_vec(),
+            );
+            put(
+                type_url::ROUTE_CONFIGURATION,
+                envoy::OUTBOUND,
+                envoy::outbound_routes(mesh).encode_to_vec(),
+            );
+        }
+        NodeKind::Foreign => {}
+    }
 }
 
 /// The EDS resource of a service: one locality with its endpoints.

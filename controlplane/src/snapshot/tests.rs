@@ -69,6 +69,7 @@ pub(crate) fn mesh() -> Mesh {
 pub(crate) fn node(spiffe_id: &str) -> NodeIdentity {
     NodeIdentity {
         client: ClientKind::Meshward,
+        envoy: Default::default(),
         spiffe_id: spiffe_id.to_string(),
         node_id: "test-node".to_string(),
     }
@@ -296,4 +297,194 @@ fn push_order_is_cds_eds_lds_rds_settings_policy_agent() {
     .map(|t| type_url::push_rank(t))
     .collect();
     assert_eq!(ranks, vec![6, 0, 5, 3, 1, 2, 4]);
+}
+
+mod envoy_nodes {
+    use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
+    use envoy_types::pb::envoy::config::listener::v3::Listener;
+    use envoy_types::pb::envoy::config::route::v3::{RouteConfiguration, route, route_match};
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+        DownstreamTlsContext, UpstreamTlsContext,
+    };
+
+    use super::*;
+    use crate::snapshot::envoy::{self, EnvoyNode};
+
+    fn envoy_node(spiffe_id: &str) -> NodeIdentity {
+        NodeIdentity {
+            client: ClientKind::Envoy,
+            envoy: EnvoyNode {
+                backend: Some(meshward_contract::spec::Endpoint::Ip(
+                    "127.0.0.1:8080".parse().unwrap(),
+                )),
+                ..EnvoyNode::default()
+            },
+            ..node(spiffe_id)
+        }
+    }
+
+    /// The TLS context inside a transport socket.
+    fn tls<M: Message + Default>(
+        socket: Option<&envoy_types::pb::envoy::config::core::v3::TransportSocket>,
+    ) -> M {
+        use envoy_types::pb::envoy::config::core::v3::transport_socket::ConfigType;
+        let Some(ConfigType::TypedConfig(any)) = socket.and_then(|s| s.config_type.as_ref()) else {
+            panic!("no TLS transport socket");
+        };
+        M::decode(any.value.as_slice()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn decode<M: Message + Default>(snapshot: &Snapshot, type_url: &str, name: &str) -> M {
+        let r = snapshot
+            .get(type_url, name)
+            .unwrap_or_else(|| panic!("no {type_url} {name}"));
+        M::decode(r.resource.value.as_slice()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn an_envoy_agent_gets_the_outbound_listener_routes_and_mtls_clusters() {
+        let snapshot = build(&mesh(), &envoy_node("spiffe://example.org/agent/triage"));
+        assert_eq!(names(&snapshot, type_url::LISTENER), vec![envoy::OUTBOUND]);
+        assert_eq!(
+            names(&snapshot, type_url::POLICY_BUNDLE),
+            Vec::<String>::new()
+        );
+        let listener: Listener = decode(&snapshot, type_url::LISTENER, envoy::OUTBOUND);
+        assert!(format!("{:?}", listener.address).contains("15001"));
+        let routes: RouteConfiguration =
+            decode(&snapshot, type_url::ROUTE_CONFIGURATION, envoy::OUTBOUND);
+        let hello = routes
+            .virtual_hosts
+            .iter()
+            .find(|v| v.name == "hello")
+            .unwrap();
+        assert_eq!(hello.domains, ["hello", "hello:*", "hello.*"]);
+        let mcp = routes
+            .virtual_hosts
+            .iter()
+            .find(|v| v.name == "mcp")
+            .unwrap();
+        let prefixes: Vec<String> = mcp
+            .routes
+            .iter()
+            .filter_map(|r| match r.r#match.as_ref()?.path_specifier.as_ref()? {
+                route_match::PathSpecifier::Prefix(p) => Some(p.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(prefixes, ["/mcp://billing/", "/mcp://hello/"]);
+        let Some(route::Action::Route(action)) = mcp.routes[0].action.as_ref() else {
+            panic!("not a route action");
+        };
+        assert_eq!(action.prefix_rewrite, "/");
+
+        let hello: Cluster = decode(&snapshot, type_url::CLUSTER, "hello");
+        assert!(hello.metadata.is_none());
+        let upstream: UpstreamTlsContext = tls(hello.transport_socket.as_ref());
+        let common = format!("{:?}", upstream.common_tls_context);
+        assert!(
+            common.contains("spiffe://example.org/service/hello"),
+            "SAN pinned"
+        );
+        assert!(common.contains("name: \"default\""), "SVID from SDS");
+        assert!(
+            common.contains("name: \"spiffe://example.org\""),
+            "bundle from SDS"
+        );
+        let outlier = hello.outlier_detection.expect("outlier detection");
+        assert_eq!(outlier.consecutive_5xx.map(|v| v.value), Some(5));
+        assert_eq!(outlier.base_ejection_time.map(|d| d.seconds), Some(10));
+        assert!(
+            snapshot
+                .get(type_url::CLUSTER_LOAD_ASSIGNMENT, "hello")
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn an_envoy_service_gets_the_inbound_listener_and_its_app() {
+        let snapshot = build(&mesh(), &envoy_node("spiffe://example.org/service/hello"));
+        assert_eq!(names(&snapshot, type_url::LISTENER), vec![envoy::INBOUND]);
+        let listener: Listener = decode(&snapshot, type_url::LISTENER, envoy::INBOUND);
+        let downstream: DownstreamTlsContext =
+            tls(listener.filter_chains[0].transport_socket.as_ref());
+        assert_eq!(
+            downstream.require_client_certificate.map(|b| b.value),
+            Some(true)
+        );
+        let routes: RouteConfiguration =
+            decode(&snapshot, type_url::ROUTE_CONFIGURATION, envoy::INBOUND);
+        let vhost = &routes.virtual_hosts[0];
+        assert!(
+            vhost
+                .request_headers_to_remove
+                .contains(&"x-agent-id".to_string())
+        );
+        assert!(
+            vhost
+                .request_headers_to_remove
+                .contains(&"x-agent-team".to_string())
+        );
+        assert_eq!(
+            vhost.request_headers_to_add[0]
+                .header
+                .as_ref()
+                .map(|h| h.value.as_str()),
+            Some("%DOWNSTREAM_PEER_URI_SAN%")
+        );
+        let app: Cluster = decode(&snapshot, type_url::CLUSTER, envoy::LOCAL_APP);
+        assert!(format!("{:?}", app.load_assignment).contains("8080"));
+        // Without a backend there is nothing to serve: no listener.
+        let bare = NodeIdentity {
+            envoy: EnvoyNode::default(),
+            ..envoy_node("spiffe://example.org/service/hello")
+        };
+        assert!(names(&build(&mesh(), &bare), type_url::LISTENER).is_empty());
+    }
+
+    #[test]
+    fn dns_endpoints_make_strict_dns_clusters_without_eds() {
+        let mut mesh = mesh();
+        if let Some(s) = mesh.services.get_mut("hello") {
+            s.endpoints = vec!["hello.meshward.svc:15006".into()];
+        }
+        let snapshot = build(&mesh, &envoy_node("spiffe://example.org/agent/triage"));
+        let hello: Cluster = decode(&snapshot, type_url::CLUSTER, "hello");
+        assert_eq!(
+            hello.cluster_discovery_type,
+            Some(cluster::ClusterDiscoveryType::Type(
+                cluster::DiscoveryType::StrictDns as i32
+            ))
+        );
+        assert!(format!("{:?}", hello.load_assignment).contains("hello.meshward.svc"));
+        assert!(
+            snapshot
+                .get(type_url::CLUSTER_LOAD_ASSIGNMENT, "hello")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn node_metadata_sets_where_listeners_bind_and_bad_values_keep_defaults() {
+        use envoy_types::pb::google::protobuf::{Struct, Value, value};
+        let s = |v: &str| Value {
+            kind: Some(value::Kind::StringValue(v.to_string())),
+        };
+        let node = envoy_types::pb::envoy::config::core::v3::Node {
+            metadata: Some(Struct {
+                fields: [
+                    (envoy::metadata::OUTBOUND.to_string(), s("127.0.0.1:25001")),
+                    (envoy::metadata::INBOUND.to_string(), s("not an address")),
+                    (envoy::metadata::BACKEND.to_string(), s("127.0.0.1:9000")),
+                ]
+                .into_iter()
+                .collect(),
+            }),
+            ..Default::default()
+        };
+        let parsed = EnvoyNode::of(Some(&node));
+        assert_eq!(parsed.outbound.port(), 25001);
+        assert_eq!(parsed.inbound, EnvoyNode::default().inbound);
+        assert_eq!(parsed.backend.map(|b| b.port()), Some(9000));
+    }
 }

@@ -193,6 +193,7 @@ async fn drive<S: Session>(
         spiffe_id,
         node_id: String::new(),
         client: ClientKind::Meshward,
+        envoy: Default::default(),
     };
     let mut session: Option<S> = None;
     info!(peer = %node.spiffe_id, protocol = S::PROTOCOL, "xDS stream opened");
@@ -213,6 +214,7 @@ async fn drive<S: Session>(
                             let first = S::request_node(&request);
                             node.node_id = first.map(|n| n.id.clone()).unwrap_or_default();
                             node.client = ClientKind::of(first);
+                            node.envoy = snapshot::envoy::EnvoyNode::of(first);
                             let mesh = Arc::clone(&meshes.borrow_and_update());
                             session.insert(S::new(node.clone(), snapshot::build(&mesh, &node)))
                         }
