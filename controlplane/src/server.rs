@@ -135,13 +135,13 @@ impl ControlPlane {
         let stop = CancellationToken::new();
         // The token also ends open ADS streams: stopping the listener alone
         // would leave connected dataplanes receiving pushes.
-        let service = XdsServer::new(self.meshes.clone())
+        let routes = XdsServer::new(self.meshes.clone())
             .with_shutdown(stop.clone())
-            .into_service();
+            .into_routes();
         let stopped = stop.clone();
         let task = tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
-                .add_service(service)
+                .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming, stopped.cancelled_owned())
                 .await;
             if let Err(e) = result {

@@ -133,6 +133,10 @@ impl Session for DeltaSession {
         &request.type_url
     }
 
+    fn request_type_mut(request: &mut DeltaDiscoveryRequest) -> &mut String {
+        &mut request.type_url
+    }
+
     fn on_request(&mut self, request: DeltaDiscoveryRequest) -> Vec<DeltaDiscoveryResponse> {
         let type_url = request.type_url.clone();
         let first = !self.types.contains_key(&type_url);

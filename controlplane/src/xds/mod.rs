@@ -11,6 +11,7 @@
 
 pub mod delta;
 pub mod sotw;
+mod typed;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -78,6 +79,20 @@ impl XdsServer {
     pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
         AggregatedDiscoveryServiceServer::new(self)
     }
+
+    /// ADS and the per-type discovery services (CDS, EDS, LDS, RDS) as one
+    /// set of routes, all answered by this server.
+    pub fn into_routes(self) -> tonic::service::Routes {
+        use envoy_types::pb::envoy::service::cluster::v3::cluster_discovery_service_server::ClusterDiscoveryServiceServer;
+        use envoy_types::pb::envoy::service::endpoint::v3::endpoint_discovery_service_server::EndpointDiscoveryServiceServer;
+        use envoy_types::pb::envoy::service::listener::v3::listener_discovery_service_server::ListenerDiscoveryServiceServer;
+        use envoy_types::pb::envoy::service::route::v3::route_discovery_service_server::RouteDiscoveryServiceServer;
+        tonic::service::Routes::new(AggregatedDiscoveryServiceServer::new(self.clone()))
+            .add_service(ClusterDiscoveryServiceServer::new(self.clone()))
+            .add_service(EndpointDiscoveryServiceServer::new(self.clone()))
+            .add_service(ListenerDiscoveryServiceServer::new(self.clone()))
+            .add_service(RouteDiscoveryServiceServer::new(self))
+    }
 }
 
 /// The verified SPIFFE ID of the request's peer, or `UNAUTHENTICATED`.
@@ -111,6 +126,7 @@ impl AggregatedDiscoveryService for XdsServer {
             request.into_inner(),
             self.meshes.clone(),
             self.shutdown.clone(),
+            None,
         )))
     }
 
@@ -124,6 +140,7 @@ impl AggregatedDiscoveryService for XdsServer {
             request.into_inner(),
             self.meshes.clone(),
             self.shutdown.clone(),
+            None,
         )))
     }
 }
@@ -140,6 +157,8 @@ pub trait Session: Send + 'static {
     fn request_node(request: &Self::Request) -> Option<&Node>;
     /// The type URL a request is about (ADS requires one on every request).
     fn request_type(request: &Self::Request) -> &str;
+    /// The same, to fill in on a per-type stream (where it may be empty).
+    fn request_type_mut(request: &mut Self::Request) -> &mut String;
     /// Handles one request; returns the responses to send, in order.
     fn on_request(&mut self, request: Self::Request) -> Vec<Self::Response>;
     /// Installs a rebuilt snapshot; returns the updates to push, in
@@ -165,14 +184,17 @@ impl Drop for StreamGauge {
     }
 }
 
+/// `pin`: the one type a per-type discovery service (CDS, EDS, ...) serves;
+/// `None` for ADS.
 fn spawn_stream<S: Session>(
     spiffe_id: String,
     inbound: Streaming<S::Request>,
     meshes: watch::Receiver<Arc<Mesh>>,
     shutdown: CancellationToken,
+    pin: Option<&'static str>,
 ) -> ResponseStream<S::Response> {
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-    tokio::spawn(drive::<S>(spiffe_id, inbound, meshes, shutdown, tx));
+    tokio::spawn(drive::<S>(spiffe_id, inbound, meshes, shutdown, tx, pin));
     Box::pin(ReceiverStream::new(rx))
 }
 
@@ -187,6 +209,7 @@ async fn drive<S: Session>(
     mut meshes: watch::Receiver<Arc<Mesh>>,
     shutdown: CancellationToken,
     tx: mpsc::Sender<Result<S::Response, Status>>,
+    pin: Option<&'static str>,
 ) {
     let _gauge = StreamGauge::open();
     let mut node = NodeIdentity {
@@ -200,7 +223,19 @@ async fn drive<S: Session>(
     loop {
         let responses = tokio::select! {
             message = inbound.message() => match message {
-                Ok(Some(request)) => {
+                Ok(Some(mut request)) => {
+                    if let Some(pinned) = pin {
+                        let type_url = S::request_type_mut(&mut request);
+                        if type_url.is_empty() {
+                            *type_url = pinned.to_string();
+                        } else if type_url != pinned {
+                            let refusal = Status::invalid_argument(format!(
+                                "this discovery service serves {pinned}, not {type_url}"
+                            ));
+                            let _ = send(&tx, Err(refusal), &shutdown).await;
+                            break;
+                        }
+                    }
                     if S::request_type(&request).is_empty() {
                         let refusal = Status::invalid_argument(
                             "xDS request without type_url: on ADS every request names its type",

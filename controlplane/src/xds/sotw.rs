@@ -73,6 +73,10 @@ impl Session for SotwSession {
         &request.type_url
     }
 
+    fn request_type_mut(request: &mut DiscoveryRequest) -> &mut String {
+        &mut request.type_url
+    }
+
     fn on_request(&mut self, request: DiscoveryRequest) -> Vec<DiscoveryResponse> {
         let type_url = request.type_url.as_str();
         let outcome = self.stream.receive(&request);

@@ -84,6 +84,8 @@ struct Harness {
     meshes: watch::Sender<Arc<Mesh>>,
     shutdown: CancellationToken,
     client: AggregatedDiscoveryServiceClient<Channel>,
+    /// For the per-type discovery services.
+    channel: Channel,
 }
 
 impl Harness {
@@ -99,7 +101,7 @@ impl Harness {
         let shutdown = CancellationToken::new();
         let service = XdsServer::new(rx)
             .with_shutdown(shutdown.clone())
-            .into_service();
+            .into_routes();
         match peer {
             Some(spiffe_id) => {
                 let spiffe_id = spiffe_id.to_string();
@@ -119,7 +121,7 @@ impl Harness {
                 });
                 tokio::spawn(
                     Server::builder()
-                        .add_service(service)
+                        .add_routes(service)
                         .serve_with_incoming(incoming),
                 );
             }
@@ -127,7 +129,7 @@ impl Harness {
                 let incoming = TcpListenerStream::new(listener);
                 tokio::spawn(
                     Server::builder()
-                        .add_service(service)
+                        .add_routes(service)
                         .serve_with_incoming(incoming),
                 );
             }
@@ -140,7 +142,8 @@ impl Harness {
         Self {
             meshes: tx,
             shutdown,
-            client: AggregatedDiscoveryServiceClient::new(channel),
+            client: AggregatedDiscoveryServiceClient::new(channel.clone()),
+            channel,
         }
     }
 
@@ -612,4 +615,140 @@ async fn sotw_resubscription_after_a_nack_is_answered() {
         again.version_info, first.version_info,
         "the once-NACKed set, asked for anew"
     );
+}
+
+/// The per-type services serve their one type on their own streams: the
+/// type may be left out of requests, another type is refused, and `Fetch`
+/// answers with the current state of the world. Node kinds work as on ADS.
+mod per_type {
+    use envoy_types::pb::envoy::config::listener::v3::Listener;
+    use envoy_types::pb::envoy::service::cluster::v3::cluster_discovery_service_client::ClusterDiscoveryServiceClient;
+    use envoy_types::pb::envoy::service::endpoint::v3::endpoint_discovery_service_client::EndpointDiscoveryServiceClient;
+    use envoy_types::pb::envoy::service::listener::v3::listener_discovery_service_client::ListenerDiscoveryServiceClient;
+    use envoy_types::pb::envoy::service::route::v3::route_discovery_service_client::RouteDiscoveryServiceClient;
+    use prost::Message;
+
+    use super::*;
+
+    fn envoy_node() -> Option<Node> {
+        Some(Node {
+            id: "envoy-1".into(),
+            user_agent_name: "envoy".into(),
+            ..Default::default()
+        })
+    }
+
+    async fn first<T>(responses: &mut Streaming<T>) -> T {
+        tokio::time::timeout(WAIT, responses.message())
+            .await
+            .unwrap_or_else(|_| panic!("no response within {WAIT:?}"))
+            .unwrap_or_else(|e| panic!("stream error: {e}"))
+            .unwrap_or_else(|| panic!("stream ended"))
+    }
+
+    #[tokio::test]
+    async fn cds_and_rds_streams_serve_their_type_without_naming_it() {
+        let h = Harness::start(Some(TRIAGE)).await;
+        let mut cds = ClusterDiscoveryServiceClient::new(h.channel.clone());
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(DiscoveryRequest {
+            node: envoy_node(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let mut responses = cds
+            .stream_clusters(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let clusters = first(&mut responses).await;
+        assert_eq!(clusters.type_url, type_url::CLUSTER);
+        assert_eq!(clusters.resources.len(), 2);
+
+        let mut rds = RouteDiscoveryServiceClient::new(h.channel.clone());
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(DiscoveryRequest {
+            node: envoy_node(),
+            resource_names: vec!["meshward_outbound".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let mut responses = rds
+            .stream_routes(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let routes = first(&mut responses).await;
+        assert_eq!(routes.type_url, type_url::ROUTE_CONFIGURATION);
+        assert_eq!(routes.resources.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn another_type_on_a_per_type_stream_is_invalid() {
+        let h = Harness::start(Some(TRIAGE)).await;
+        let mut cds = ClusterDiscoveryServiceClient::new(h.channel.clone());
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(DiscoveryRequest {
+            node: envoy_node(),
+            type_url: type_url::LISTENER.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let mut responses = cds
+            .stream_clusters(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        match tokio::time::timeout(WAIT, responses.message()).await {
+            Ok(Err(status)) => assert_eq!(status.code(), tonic::Code::InvalidArgument),
+            other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn delta_eds_and_fetch_lds() {
+        let h = Harness::start(Some(TRIAGE)).await;
+        let mut eds = EndpointDiscoveryServiceClient::new(h.channel.clone());
+        let (tx, rx) = mpsc::channel(4);
+        tx.send(DeltaDiscoveryRequest {
+            node: envoy_node(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let mut responses = eds
+            .delta_endpoints(ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let endpoints = first(&mut responses).await;
+        assert_eq!(endpoints.type_url, type_url::CLUSTER_LOAD_ASSIGNMENT);
+        assert_eq!(endpoints.resources.len(), 2);
+
+        let mut lds = ListenerDiscoveryServiceClient::new(h.channel.clone());
+        let fetched = lds
+            .fetch_listeners(DiscoveryRequest {
+                node: envoy_node(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(fetched.resources.len(), 1);
+        let listener = Listener::decode(fetched.resources[0].value.as_slice()).unwrap();
+        assert_eq!(listener.name, "meshward_outbound");
+        let refused = lds
+            .fetch_listeners(DiscoveryRequest {
+                type_url: type_url::CLUSTER.into(),
+                ..Default::default()
+            })
+            .await;
+        assert_eq!(
+            refused.map(|_| ()).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+    }
 }
