@@ -212,6 +212,12 @@ impl Up {
         });
 
         let cp_id = format!("spiffe://{}/meshward/controlplane", mesh.trust_domain);
+        // The control plane's SVID also names `localhost`: gRPC's xDS
+        // client checks the server's host name, not its SPIFFE ID.
+        identity
+            .register_with_dns(&cp_id, &["localhost"])
+            .await
+            .with_context(|| format!("registering {cp_id}"))?;
         let cp_identity = source_for(&cp_id).await?;
         let controlplane = ControlPlane::start(ControlPlaneOptions {
             config: opts.config.clone(),

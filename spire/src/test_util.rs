@@ -110,6 +110,22 @@ impl TestCa {
 }
 
 impl TestSvid {
+    /// The chain as PEM (leaf first), for peers that read certificate files.
+    pub fn chain_pem(&self) -> String {
+        self.chain
+            .iter()
+            .map(|c| pem::encode(&pem::Pem::new("CERTIFICATE", c.to_vec())))
+            .collect()
+    }
+
+    /// The PKCS#8 key as PEM.
+    pub fn key_pem(&self) -> String {
+        pem::encode(&pem::Pem::new(
+            "PRIVATE KEY",
+            self.key.secret_der().to_vec(),
+        ))
+    }
+
     /// A client config presenting this certificate that does **not** verify the
     /// server at all: for tests whose subject is the server's verification.
     pub fn client_config(&self, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, rustls::Error> {

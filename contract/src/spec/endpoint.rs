@@ -3,10 +3,14 @@
 
 use std::net::SocketAddr;
 
-use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
+use envoy_types::pb::envoy::config::core::v3::{
+    Address, Locality, SocketAddress, address, socket_address,
+};
 use envoy_types::pb::envoy::config::endpoint::v3::{
     ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint,
 };
+
+use envoy_types::pb::google::protobuf::UInt32Value;
 
 use crate::rules;
 
@@ -76,6 +80,10 @@ pub fn load_assignment(cluster: &str, endpoints: &[Endpoint]) -> ClusterLoadAssi
         cluster_name: cluster.to_string(),
         endpoints: vec![LocalityLbEndpoints {
             lb_endpoints,
+            // gRPC's xDS client refuses a locality that is absent and drops
+            // one without a weight (gRFC A27); Envoy needs neither.
+            locality: Some(Locality::default()),
+            load_balancing_weight: Some(UInt32Value { value: 1 }),
             ..Default::default()
         }],
         ..Default::default()

@@ -540,3 +540,98 @@ pub fn local_app_cluster(backend: &Endpoint) -> Cluster {
         ..Default::default()
     }
 }
+
+/// gRPC's xDS client has no SDS: it names certificate provider instances
+/// from its own bootstrap. Meshward's gRPC bootstraps define one, `default`
+/// (the workload's SVID, key and trust bundle, e.g. file-watched).
+pub const GRPC_CERTIFICATES: &str = "default";
+
+/// The `api_listener` a proxyless gRPC client resolves `xds:///<service>`
+/// to: every call to the service's cluster.
+pub fn grpc_listener(service: &Service) -> Listener {
+    use envoy_types::pb::envoy::config::listener::v3::ApiListener;
+    let name = &service.spec.name;
+    let routes = RouteConfiguration {
+        name: name.clone(),
+        virtual_hosts: vec![VirtualHost {
+            name: name.clone(),
+            domains: vec!["*".to_string()],
+            routes: vec![Route {
+                r#match: Some(RouteMatch {
+                    path_specifier: Some(route_match::PathSpecifier::Prefix(String::new())),
+                    ..Default::default()
+                }),
+                action: Some(route::Action::Route(RouteAction {
+                    cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(name.clone())),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let hcm = HttpConnectionManager {
+        stat_prefix: name.clone(),
+        route_specifier: Some(http_connection_manager::RouteSpecifier::RouteConfig(routes)),
+        http_filters: vec![router()],
+        ..Default::default()
+    };
+    Listener {
+        name: name.clone(),
+        api_listener: Some(ApiListener {
+            api_listener: Some(any(&hcm)),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The cluster of a service for a proxyless gRPC client: EDS, and mTLS with
+/// the client's certificate provider instance, accepting only the
+/// service's SPIFFE ID (gRPC's xDS security, gRFC A29).
+pub fn grpc_cluster(service: &Service) -> Cluster {
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::CertificateProviderPluginInstance;
+    let instance = || CertificateProviderPluginInstance {
+        instance_name: GRPC_CERTIFICATES.to_string(),
+        certificate_name: String::new(),
+    };
+    #[allow(deprecated)]
+    let validation = CertificateValidationContext {
+        ca_certificate_provider_instance: Some(instance()),
+        match_subject_alt_names: vec![StringMatcher {
+            match_pattern: Some(string_matcher::MatchPattern::Exact(
+                service.spec.spiffe_id.clone(),
+            )),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let tls = UpstreamTlsContext {
+        common_tls_context: Some(CommonTlsContext {
+            tls_certificate_provider_instance: Some(instance()),
+            validation_context_type: Some(
+                common_tls_context::ValidationContextType::CombinedValidationContext(
+                    common_tls_context::CombinedCertificateValidationContext {
+                        default_validation_context: Some(validation),
+                        ..Default::default()
+                    },
+                ),
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Cluster {
+        name: service.spec.name.clone(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::Eds as i32,
+        )),
+        eds_cluster_config: Some(cluster::EdsClusterConfig {
+            eds_config: Some(ads()),
+            service_name: String::new(),
+        }),
+        connect_timeout: Some(seconds(5)),
+        transport_socket: Some(transport_socket(&tls)),
+        ..Default::default()
+    }
+}

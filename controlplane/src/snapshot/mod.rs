@@ -73,6 +73,9 @@ pub enum ClientKind {
     Meshward,
     /// Envoy or any other client of Envoy's xDS API.
     Envoy,
+    /// A proxyless gRPC client (`user_agent_name` "gRPC ..."): `api_listener`s
+    /// named after services and certificate provider instances, not SDS.
+    Grpc,
 }
 
 impl ClientKind {
@@ -81,6 +84,7 @@ impl ClientKind {
     pub fn of(node: Option<&envoy_types::pb::envoy::config::core::v3::Node>) -> Self {
         match node {
             Some(n) if n.user_agent_name == type_url::MESHWARD_USER_AGENT => ClientKind::Meshward,
+            Some(n) if n.user_agent_name.starts_with("gRPC") => ClientKind::Grpc,
             _ => ClientKind::Envoy,
         }
     }
@@ -171,9 +175,16 @@ pub fn build(mesh: &Mesh, node: &NodeIdentity) -> Snapshot {
     if kind == NodeKind::Foreign {
         return snapshot;
     }
-    if node.client == ClientKind::Envoy {
-        resources::envoy(mesh, node, &kind, &mut snapshot);
-        return snapshot;
+    match node.client {
+        ClientKind::Envoy => {
+            resources::envoy(mesh, node, &kind, &mut snapshot);
+            return snapshot;
+        }
+        ClientKind::Grpc => {
+            resources::grpc(mesh, &mut snapshot);
+            return snapshot;
+        }
+        ClientKind::Meshward => {}
     }
     for service in mesh.services.values() {
         snapshot.insert(

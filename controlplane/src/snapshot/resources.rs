@@ -22,6 +22,36 @@ pub fn cluster(service: &Service) -> VersionedResource {
     VersionedResource::from_encoded(type_url::CLUSTER, service.spec.to_cluster().encode_to_vec())
 }
 
+/// The resources of a proxyless gRPC client: per service an `api_listener`,
+/// its cluster (with gRPC's certificate providers) and its endpoints.
+pub fn grpc(mesh: &config::Mesh, snapshot: &mut Snapshot) {
+    let mut put = |type_url: &str, name: &str, bytes: Vec<u8>| {
+        snapshot.insert(
+            type_url,
+            name.to_string(),
+            VersionedResource::from_encoded(type_url, bytes),
+        );
+    };
+    for service in mesh.services.values() {
+        let name = &service.spec.name;
+        put(
+            type_url::LISTENER,
+            name,
+            envoy::grpc_listener(service).encode_to_vec(),
+        );
+        put(
+            type_url::CLUSTER,
+            name,
+            envoy::grpc_cluster(service).encode_to_vec(),
+        );
+        put(
+            type_url::CLUSTER_LOAD_ASSIGNMENT,
+            name,
+            spec::load_assignment(name, &envoy::endpoints(service)).encode_to_vec(),
+        );
+    }
+}
+
 /// The resources of an Envoy node (see [`super::envoy`]).
 pub fn envoy(mesh: &config::Mesh, node: &NodeIdentity, kind: &NodeKind, snapshot: &mut Snapshot) {
     let mut put = |type_url: &str, name: &str, bytes: Vec<u8>| {

@@ -487,4 +487,94 @@ mod envoy_nodes {
         assert_eq!(parsed.inbound, EnvoyNode::default().inbound);
         assert_eq!(parsed.backend.map(|b| b.port()), Some(9000));
     }
+
+    #[test]
+    fn client_kind_follows_the_user_agent() {
+        let of = |ua: &str| {
+            ClientKind::of(Some(&envoy_types::pb::envoy::config::core::v3::Node {
+                user_agent_name: ua.to_string(),
+                ..Default::default()
+            }))
+        };
+        assert_eq!(of("meshward"), ClientKind::Meshward);
+        assert_eq!(of("gRPC Python"), ClientKind::Grpc);
+        assert_eq!(of("envoy"), ClientKind::Envoy);
+        assert_eq!(ClientKind::of(None), ClientKind::Envoy);
+    }
+
+    #[test]
+    fn a_grpc_client_gets_api_listeners_and_eds_clusters_with_its_certificate_provider() {
+        use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+            HttpConnectionManager, http_connection_manager::RouteSpecifier,
+        };
+        use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::common_tls_context::ValidationContextType;
+        let snapshot = build(
+            &mesh(),
+            &NodeIdentity {
+                client: ClientKind::Grpc,
+                ..node("spiffe://example.org/agent/triage")
+            },
+        );
+        // xds:///<service> resolves to the listener named after it.
+        assert_eq!(names(&snapshot, type_url::LISTENER), ["billing", "hello"]);
+        assert_eq!(
+            names(&snapshot, type_url::POLICY_BUNDLE),
+            Vec::<String>::new()
+        );
+        let listener: Listener = decode(&snapshot, type_url::LISTENER, "hello");
+        assert!(listener.address.is_none(), "an api_listener binds nothing");
+        let any = listener.api_listener.unwrap().api_listener.unwrap();
+        let hcm = HttpConnectionManager::decode(any.value.as_slice()).unwrap();
+        let Some(RouteSpecifier::RouteConfig(routes)) = hcm.route_specifier else {
+            panic!("routes are inline");
+        };
+        let Some(route::Action::Route(action)) = routes.virtual_hosts[0].routes[0].action.as_ref()
+        else {
+            panic!("not a route action");
+        };
+        assert_eq!(
+            format!("{:?}", action.cluster_specifier),
+            r#"Some(Cluster("hello"))"#
+        );
+
+        let hello: Cluster = decode(&snapshot, type_url::CLUSTER, "hello");
+        assert_eq!(
+            hello.cluster_discovery_type,
+            Some(cluster::ClusterDiscoveryType::Type(
+                cluster::DiscoveryType::Eds as i32
+            ))
+        );
+        let upstream: UpstreamTlsContext = tls(hello.transport_socket.as_ref());
+        let common = upstream.common_tls_context.unwrap();
+        assert_eq!(
+            common
+                .tls_certificate_provider_instance
+                .unwrap()
+                .instance_name,
+            envoy::GRPC_CERTIFICATES
+        );
+        let Some(ValidationContextType::CombinedValidationContext(combined)) =
+            common.validation_context_type
+        else {
+            panic!("no validation context");
+        };
+        let validation = combined.default_validation_context.unwrap();
+        #[allow(deprecated)]
+        let sans = format!("{:?}", validation.match_subject_alt_names);
+        assert!(
+            sans.contains("Exact(\"spiffe://example.org/service/hello\")"),
+            "{sans}"
+        );
+        assert!(!sans.contains("billing"), "{sans}");
+
+        // gRPC refuses a locality that is absent and drops one without weight.
+        let cla: envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment =
+            decode(&snapshot, type_url::CLUSTER_LOAD_ASSIGNMENT, "hello");
+        assert!(cla.endpoints[0].locality.is_some());
+        assert_eq!(
+            cla.endpoints[0].load_balancing_weight.map(|w| w.value),
+            Some(1)
+        );
+        assert!(!cla.endpoints[0].lb_endpoints.is_empty());
+    }
 }

@@ -48,6 +48,9 @@ pub(crate) struct MintedSvid {
 /// the test CA builds deliberately broken specs.
 pub(crate) struct LeafSpec {
     pub(crate) uris: Vec<String>,
+    /// DNS SANs beside the SPIFFE ID (the X509-SVID spec allows them), for
+    /// clients that verify a host name, such as gRPC's xDS client.
+    pub(crate) dns_names: Vec<String>,
     pub(crate) not_before: OffsetDateTime,
     pub(crate) not_after: OffsetDateTime,
     pub(crate) is_ca: bool,
@@ -59,6 +62,7 @@ impl LeafSpec {
         let now = OffsetDateTime::now_utc();
         Self {
             uris: vec![spiffe_id.to_owned()],
+            dns_names: Vec::new(),
             not_before: now - BACKDATE,
             not_after: now + ttl,
             is_ca: false,
@@ -148,7 +152,14 @@ impl Ca {
                     .map(SanType::URI)
                     .map_err(|e| CaError::new(format!("URI SAN {u}"), e))
             })
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<Vec<_>, _>>()?;
+        for name in &spec.dns_names {
+            params.subject_alt_names.push(SanType::DnsName(
+                name.as_str()
+                    .try_into()
+                    .map_err(|e| CaError::new(format!("DNS SAN {name}"), e))?,
+            ));
+        }
         if spec.is_ca {
             params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
             params.key_usages = vec![

@@ -269,6 +269,18 @@ impl DevIdentityServer {
     /// `SPIFFE_ENDPOINT_SOCKET=unix:<path>`, or to Envoy as the SDS cluster's
     /// pipe address). Registering the same ID again returns the same path.
     pub async fn register(&self, spiffe_id: &str) -> Result<PathBuf, DevServerError> {
+        self.register_with_dns(spiffe_id, &[]).await
+    }
+
+    /// [`Self::register`], with DNS SANs in the workload's SVIDs beside its
+    /// SPIFFE ID (SPIRE's `entry create -dns`), for clients that verify a
+    /// host name: gRPC's xDS client checks the control plane's that way. A
+    /// workload already registered keeps the SANs it was registered with.
+    pub async fn register_with_dns(
+        &self,
+        spiffe_id: &str,
+        dns_names: &[&str],
+    ) -> Result<PathBuf, DevServerError> {
         let invalid = |reason: String| DevServerError::InvalidSpiffeId {
             spiffe_id: spiffe_id.to_owned(),
             reason,
@@ -321,6 +333,7 @@ impl DevIdentityServer {
 
         let svc = WorkloadService {
             spiffe_id: id.clone(),
+            dns_names: dns_names.iter().map(|n| n.to_string()).collect(),
             ca: Arc::clone(&self.ca),
             ttl: self.ttl,
             shutdown: self.shutdown_tx.subscribe(),

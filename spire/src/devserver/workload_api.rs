@@ -36,6 +36,8 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 #[derive(Clone)]
 pub(crate) struct WorkloadService {
     pub(crate) spiffe_id: String,
+    /// DNS SANs its SVIDs carry beside the SPIFFE ID.
+    pub(crate) dns_names: Vec<String>,
     pub(crate) ca: Arc<Ca>,
     pub(crate) ttl: Duration,
     pub(crate) shutdown: watch::Receiver<bool>,
@@ -93,7 +95,10 @@ impl WorkloadService {
     fn mint_response(&self) -> Result<X509svidResponse, Status> {
         let minted = self
             .ca
-            .mint(&LeafSpec::svid(&self.spiffe_id, self.ttl))
+            .mint(&LeafSpec {
+                dns_names: self.dns_names.clone(),
+                ..LeafSpec::svid(&self.spiffe_id, self.ttl)
+            })
             .map_err(|e| {
                 tracing::error!(spiffe_id = %self.spiffe_id, error = %e, "minting SVID failed");
                 Status::internal(format!("minting SVID for {}: {e}", self.spiffe_id))
