@@ -12,8 +12,13 @@
 //!   fronted by Envoy over mTLS; Envoy validates the dataplane's SPIFFE ID
 //!   from SDS and refuses another agent's.
 //!
-//! Static Envoy config here; Envoy configured over Meshward's xDS is its own
-//! test. Needs SPIRE (`MESHWARD_REQUIRE_SPIRE=1` makes its absence a failure)
+//! - Envoy on Meshward's xDS: an Envoy started from `meshward bootstrap
+//!   envoy` with SPIRE's SDS socket reaches the control plane (which runs
+//!   on its own SPIRE SVID) and routes `/mcp://<service>/` over the mTLS
+//!   clusters it was sent; policy applies to its identity.
+//!
+//! The dev-identity-server cases of Envoy on Meshward's xDS (SotW, delta,
+//! inbound, live edits) are `tests/envoy_xds.rs`. Needs SPIRE (`MESHWARD_REQUIRE_SPIRE=1` makes its absence a failure)
 //! and Envoy (`MESHWARD_ENVOY`, default from `.venv`; `MESHWARD_REQUIRE_PEERS=1`).
 
 mod common;
@@ -397,6 +402,65 @@ async fn envoy_and_dataplanes_mtls_both_ways_with_spire_sds() {
         .filter_map(|l| l.rsplit(": ").next()?.trim().parse::<u64>().ok())
         .sum();
     assert!(refused >= 1, "Envoy refused no SAN: {stats}");
+
+    // (c) Envoy configured over Meshward's xDS (from `meshward bootstrap
+    // envoy`), its SVID and bundle from SPIRE's SDS both for the ADS
+    // connection and for the clusters the control plane sent.
+    let (xds_admin, xds_outbound) = (free_port(), free_port());
+    let xds_config = spire_dir.join("envoy-gateway-xds.yaml");
+    let bootstrap = std::process::Command::new(&meshward)
+        .args(["bootstrap", "envoy", "--node", ENVOY_GATEWAY])
+        .args(["--node-id", "envoy-gateway-xds", "--sds", &socket])
+        .args(["--xds", &mesh.spire().addresses.xds.clone()])
+        .args(["--admin", &format!("127.0.0.1:{xds_admin}")])
+        .args(["--outbound", &format!("127.0.0.1:{xds_outbound}")])
+        .output()
+        .unwrap();
+    assert!(
+        bootstrap.status.success(),
+        "{}",
+        String::from_utf8_lossy(&bootstrap.stderr)
+    );
+    std::fs::write(&xds_config, &bootstrap.stdout).unwrap();
+    tokio::task::block_in_place(|| {
+        let spire = mesh.spire();
+        let proc = spire.spawn_as(
+            "envoy-gateway",
+            "envoy-gateway-xds",
+            &envoy,
+            &envoy_args(&xds_config),
+        );
+        let admin = format!("127.0.0.1:{xds_admin}");
+        wait_for(proc, "ready (xDS and SDS warm)", || {
+            http_status(&admin, "/ready") == Some(200)
+        });
+    });
+    let via_xds = |path: &str| {
+        http::Request::get(format!("http://127.0.0.1:{xds_outbound}{path}"))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap()
+    };
+    let a = common::answer(
+        mesh.http1
+            .request(via_xds("/mcp://hello-skill/say-hello"))
+            .await
+            .expect("Envoy answers"),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
+    let echo = a.json();
+    assert_eq!(echo["service"], "hello-skill");
+    assert_eq!(echo["path"], "/say-hello");
+    assert_eq!(echo["headers"]["x-agent-id"], ENVOY_GATEWAY);
+    let a = common::answer(
+        mesh.http1
+            .request(via_xds("/mcp://billing-system/invoices"))
+            .await
+            .expect("Envoy answers"),
+    )
+    .await;
+    assert_eq!(a.status, 403, "{}", String::from_utf8_lossy(&a.body));
+
     mesh.spire().assert_running();
     mesh.shutdown().await;
 }
