@@ -5,7 +5,7 @@
 use crate::config::Mesh;
 
 /// What a proven SPIFFE ID is in this mesh.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum NodeKind {
     /// A registered agent (its name): it sees only its own `Agent`.
     Agent(String),

@@ -9,6 +9,7 @@
 //! versions of untouched resources and delta xDS sends only what changed.
 
 mod access;
+mod cache;
 pub mod envoy;
 mod resources;
 
@@ -20,6 +21,7 @@ use sha2::{Digest, Sha256};
 use crate::config::Mesh;
 
 pub use access::{NodeKind, classify};
+pub use cache::SnapshotCache;
 pub use resources::policy_bundle_message;
 
 /// Type URLs of every resource type the control plane serves, and the

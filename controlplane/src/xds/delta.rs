@@ -9,6 +9,7 @@
 //! it is sent again only when its content changes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{
@@ -42,7 +43,7 @@ impl TypeState {
 #[derive(Debug)]
 pub struct DeltaSession {
     node: NodeIdentity,
-    snapshot: Snapshot,
+    snapshot: Arc<Snapshot>,
     types: BTreeMap<String, TypeState>,
     nonces: Nonces,
 }
@@ -116,7 +117,7 @@ impl Session for DeltaSession {
     type Response = DeltaDiscoveryResponse;
     const PROTOCOL: &'static str = "delta";
 
-    fn new(node: NodeIdentity, snapshot: Snapshot) -> Self {
+    fn new(node: NodeIdentity, snapshot: Arc<Snapshot>) -> Self {
         Self {
             node,
             snapshot,
@@ -193,7 +194,7 @@ impl Session for DeltaSession {
         self.respond(&type_url, first).into_iter().collect()
     }
 
-    fn on_snapshot(&mut self, snapshot: Snapshot) -> Vec<DeltaDiscoveryResponse> {
+    fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Vec<DeltaDiscoveryResponse> {
         self.snapshot = snapshot;
         let mut subscribed: Vec<String> = self.types.keys().cloned().collect();
         subscribed.sort_by_key(|t| type_url::push_rank(t));
@@ -220,7 +221,7 @@ mod tests {
 
     fn session() -> DeltaSession {
         let node = fixtures::node(HELLO);
-        DeltaSession::new(node.clone(), build(&fixtures::mesh(), &node))
+        DeltaSession::new(node.clone(), build(&fixtures::mesh(), &node).into())
     }
 
     fn subscribe(type_url: &str, names: &[&str]) -> DeltaDiscoveryRequest {
@@ -258,7 +259,7 @@ mod tests {
         );
         assert!(s.on_request(ack(&r)).is_empty());
         assert!(
-            s.on_snapshot(build(&fixtures::mesh(), &fixtures::node(HELLO)))
+            s.on_snapshot(build(&fixtures::mesh(), &fixtures::node(HELLO)).into())
                 .is_empty()
         );
     }
@@ -267,7 +268,7 @@ mod tests {
     fn only_changed_resources_and_removals_are_pushed() {
         let mesh = fixtures::mesh();
         let node = fixtures::node(HELLO);
-        let mut s = DeltaSession::new(node.clone(), build(&mesh, &node));
+        let mut s = DeltaSession::new(node.clone(), build(&mesh, &node).into());
         let r = only(s.on_request(subscribe(type_url::AGENT, &[])));
         assert!(s.on_request(ack(&r)).is_empty());
 
@@ -276,7 +277,7 @@ mod tests {
             a.permissions.push("more".into());
         }
         changed.agents.remove("billing-bot");
-        let r = only(s.on_snapshot(build(&changed, &node)));
+        let r = only(s.on_snapshot(build(&changed, &node).into()));
         assert_eq!(names(&r), vec![TRIAGE]);
         assert_eq!(
             r.removed_resources,
@@ -288,7 +289,7 @@ mod tests {
     fn nack_is_not_resent_until_change() {
         let mesh = fixtures::mesh();
         let node = fixtures::node(HELLO);
-        let mut s = DeltaSession::new(node.clone(), build(&mesh, &node));
+        let mut s = DeltaSession::new(node.clone(), build(&mesh, &node).into());
         let r = only(s.on_request(subscribe(type_url::POLICY_BUNDLE, &[])));
         let mut nack = ack(&r);
         nack.error_detail = Some(Status {
@@ -297,10 +298,10 @@ mod tests {
             details: vec![],
         });
         assert!(s.on_request(nack).is_empty());
-        assert!(s.on_snapshot(build(&mesh, &node)).is_empty());
+        assert!(s.on_snapshot(build(&mesh, &node).into()).is_empty());
         let mut fixed = mesh.clone();
         fixed.policy.revision = "r2".into();
-        let r = only(s.on_snapshot(build(&fixed, &node)));
+        let r = only(s.on_snapshot(build(&fixed, &node).into()));
         assert_eq!(names(&r), vec!["default"]);
     }
 
@@ -342,7 +343,7 @@ mod tests {
     #[test]
     fn agent_node_never_sees_other_agents_even_when_asking() {
         let node = fixtures::node(TRIAGE);
-        let mut s = DeltaSession::new(node.clone(), build(&fixtures::mesh(), &node));
+        let mut s = DeltaSession::new(node.clone(), build(&fixtures::mesh(), &node).into());
         let r = only(s.on_request(subscribe(
             type_url::AGENT,
             &["spiffe://example.org/agent/billing-bot", TRIAGE],

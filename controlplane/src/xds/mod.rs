@@ -4,8 +4,8 @@
 //! Each stream is bound to the SPIFFE ID its TLS peer proved; a request that
 //! did not arrive over a verified mTLS connection is refused
 //! (`UNAUTHENTICATED`) before any state is built. The stream's snapshot is
-//! rebuilt from the latest [`Mesh`] whenever the model changes, and the
-//! protocol sessions ([`sotw`], [`delta`]) decide what to (re)send. They are
+//! taken from the latest [`Mesh`] whenever the model changes (built once per
+//! view and shared, see [`SnapshotCache`]), and the protocol sessions ([`sotw`], [`delta`]) decide what to (re)send. They are
 //! plain state machines with no I/O so the protocol rules are unit-tested
 //! without a network.
 
@@ -32,7 +32,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::{debug, info, warn};
 
 use crate::config::Mesh;
-use crate::snapshot::{self, ClientKind, NodeIdentity, Snapshot};
+use crate::snapshot::{self, ClientKind, NodeIdentity, Snapshot, SnapshotCache};
 
 /// Counter: responses sent, labelled `type_url` and `protocol` (`sotw`/`delta`).
 pub const METRIC_PUSHES: &str = "xds_pushes_total";
@@ -51,6 +51,8 @@ pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send
 #[derive(Debug, Clone)]
 pub struct XdsServer {
     meshes: watch::Receiver<Arc<Mesh>>,
+    /// Shared by every stream: one snapshot per view of the mesh.
+    snapshots: Arc<SnapshotCache>,
     shutdown: CancellationToken,
 }
 
@@ -60,6 +62,7 @@ impl XdsServer {
     pub fn new(meshes: watch::Receiver<Arc<Mesh>>) -> Self {
         Self {
             meshes,
+            snapshots: Arc::default(),
             shutdown: CancellationToken::new(),
         }
     }
@@ -121,11 +124,9 @@ impl AggregatedDiscoveryService for XdsServer {
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
         let spiffe_id = peer_spiffe_id(&request)?;
-        Ok(Response::new(spawn_stream::<sotw::SotwSession>(
+        Ok(Response::new(self.spawn_stream::<sotw::SotwSession>(
             spiffe_id,
             request.into_inner(),
-            self.meshes.clone(),
-            self.shutdown.clone(),
             None,
         )))
     }
@@ -135,11 +136,9 @@ impl AggregatedDiscoveryService for XdsServer {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
         let spiffe_id = peer_spiffe_id(&request)?;
-        Ok(Response::new(spawn_stream::<delta::DeltaSession>(
+        Ok(Response::new(self.spawn_stream::<delta::DeltaSession>(
             spiffe_id,
             request.into_inner(),
-            self.meshes.clone(),
-            self.shutdown.clone(),
             None,
         )))
     }
@@ -152,7 +151,7 @@ pub trait Session: Send + 'static {
     /// `"sotw"` or `"delta"`, for metrics and logs.
     const PROTOCOL: &'static str;
 
-    fn new(node: NodeIdentity, snapshot: Snapshot) -> Self;
+    fn new(node: NodeIdentity, snapshot: Arc<Snapshot>) -> Self;
     /// The `Node` a request carries (only the first must).
     fn request_node(request: &Self::Request) -> Option<&Node>;
     /// The type URL a request is about (ADS requires one on every request).
@@ -163,7 +162,7 @@ pub trait Session: Send + 'static {
     fn on_request(&mut self, request: Self::Request) -> Vec<Self::Response>;
     /// Installs a rebuilt snapshot; returns the updates to push, in
     /// CDS, EDS, LDS, RDS, PolicyBundle, Agent order.
-    fn on_snapshot(&mut self, snapshot: Snapshot) -> Vec<Self::Response>;
+    fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Vec<Self::Response>;
     /// The type URL of a response (for metrics).
     fn response_type(response: &Self::Response) -> &str;
 }
@@ -184,18 +183,19 @@ impl Drop for StreamGauge {
     }
 }
 
-/// `pin`: the one type a per-type discovery service (CDS, EDS, ...) serves;
-/// `None` for ADS.
-fn spawn_stream<S: Session>(
-    spiffe_id: String,
-    inbound: Streaming<S::Request>,
-    meshes: watch::Receiver<Arc<Mesh>>,
-    shutdown: CancellationToken,
-    pin: Option<&'static str>,
-) -> ResponseStream<S::Response> {
-    let (tx, rx) = mpsc::channel(STREAM_BUFFER);
-    tokio::spawn(drive::<S>(spiffe_id, inbound, meshes, shutdown, tx, pin));
-    Box::pin(ReceiverStream::new(rx))
+impl XdsServer {
+    /// Serves one stream from its own task. `pin`: the one type a per-type
+    /// discovery service (CDS, EDS, ...) serves; `None` for ADS.
+    fn spawn_stream<S: Session>(
+        &self,
+        spiffe_id: String,
+        inbound: Streaming<S::Request>,
+        pin: Option<&'static str>,
+    ) -> ResponseStream<S::Response> {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(drive::<S>(spiffe_id, inbound, self.clone(), tx, pin));
+        Box::pin(ReceiverStream::new(rx))
+    }
 }
 
 /// Runs one ADS stream until the client goes away, the control plane shuts
@@ -206,11 +206,15 @@ fn spawn_stream<S: Session>(
 async fn drive<S: Session>(
     spiffe_id: String,
     mut inbound: Streaming<S::Request>,
-    mut meshes: watch::Receiver<Arc<Mesh>>,
-    shutdown: CancellationToken,
+    server: XdsServer,
     tx: mpsc::Sender<Result<S::Response, Status>>,
     pin: Option<&'static str>,
 ) {
+    let XdsServer {
+        mut meshes,
+        snapshots,
+        shutdown,
+    } = server;
     let _gauge = StreamGauge::open();
     let mut node = NodeIdentity {
         spiffe_id,
@@ -251,7 +255,7 @@ async fn drive<S: Session>(
                             node.client = ClientKind::of(first);
                             node.envoy = snapshot::envoy::EnvoyNode::of(first);
                             let mesh = Arc::clone(&meshes.borrow_and_update());
-                            session.insert(S::new(node.clone(), snapshot::build(&mesh, &node)))
+                            session.insert(S::new(node.clone(), snapshots.get(&mesh, &node)))
                         }
                     };
                     session.on_request(request)
@@ -269,7 +273,7 @@ async fn drive<S: Session>(
                 Ok(()) => {
                     let mesh = Arc::clone(&meshes.borrow_and_update());
                     match &mut session {
-                        Some(session) => session.on_snapshot(snapshot::build(&mesh, &node)),
+                        Some(session) => session.on_snapshot(snapshots.get(&mesh, &node)),
                         None => Vec::new(),
                     }
                 }

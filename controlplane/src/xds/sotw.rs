@@ -6,6 +6,8 @@
 //! hash of their names and versions, so it changes exactly when the set the
 //! client should hold changes.
 
+use std::sync::Arc;
+
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use meshward_contract::sotw::{Received, SotwStream};
@@ -21,7 +23,7 @@ pub use meshward_contract::sotw::WILDCARD;
 #[derive(Debug)]
 pub struct SotwSession {
     node: NodeIdentity,
-    snapshot: Snapshot,
+    snapshot: Arc<Snapshot>,
     stream: SotwStream,
 }
 
@@ -57,7 +59,7 @@ impl Session for SotwSession {
     type Response = DiscoveryResponse;
     const PROTOCOL: &'static str = "sotw";
 
-    fn new(node: NodeIdentity, snapshot: Snapshot) -> Self {
+    fn new(node: NodeIdentity, snapshot: Arc<Snapshot>) -> Self {
         Self {
             node,
             snapshot,
@@ -102,7 +104,7 @@ impl Session for SotwSession {
             .collect()
     }
 
-    fn on_snapshot(&mut self, snapshot: Snapshot) -> Vec<DiscoveryResponse> {
+    fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Vec<DiscoveryResponse> {
         self.snapshot = snapshot;
         let mut subscribed: Vec<String> = self.stream.types().map(str::to_string).collect();
         subscribed.sort_by_key(|t| type_url::push_rank(t));
@@ -128,7 +130,7 @@ mod tests {
 
     fn session() -> SotwSession {
         let node = fixtures::node(HELLO);
-        SotwSession::new(node.clone(), build(&fixtures::mesh(), &node))
+        SotwSession::new(node.clone(), build(&fixtures::mesh(), &node).into())
     }
 
     fn request(
@@ -216,7 +218,7 @@ mod tests {
     fn nack_is_not_resent_until_change() {
         let mesh = fixtures::mesh();
         let node = fixtures::node(HELLO);
-        let mut s = SotwSession::new(node.clone(), build(&mesh, &node));
+        let mut s = SotwSession::new(node.clone(), build(&mesh, &node).into());
         let first = only(s.on_request(request(type_url::AGENT, &[], None)));
         let mut nack = request(type_url::AGENT, &[], Some(&first));
         nack.version_info = String::new();
@@ -227,12 +229,12 @@ mod tests {
         });
         assert!(s.on_request(nack).is_empty());
         // Same content rebuilt: nothing.
-        assert!(s.on_snapshot(build(&mesh, &node)).is_empty());
+        assert!(s.on_snapshot(build(&mesh, &node).into()).is_empty());
         let mut changed = mesh.clone();
         if let Some(a) = changed.agents.get_mut("triage") {
             a.permissions.push("more".into());
         }
-        let pushed = s.on_snapshot(build(&changed, &node));
+        let pushed = s.on_snapshot(build(&changed, &node).into());
         assert_eq!(pushed.len(), 1);
         assert_eq!(pushed[0].type_url, type_url::AGENT);
     }
@@ -254,7 +256,7 @@ mod tests {
     fn push_order_on_change() {
         let mesh = fixtures::mesh();
         let node = fixtures::node(HELLO);
-        let mut s = SotwSession::new(node.clone(), build(&mesh, &node));
+        let mut s = SotwSession::new(node.clone(), build(&mesh, &node).into());
         for t in [
             type_url::AGENT,
             type_url::POLICY_BUNDLE,
@@ -271,7 +273,7 @@ mod tests {
             a.permissions.push("more".into());
         }
         let order: Vec<_> = s
-            .on_snapshot(build(&changed, &node))
+            .on_snapshot(build(&changed, &node).into())
             .into_iter()
             .map(|r| r.type_url)
             .collect();

@@ -13,8 +13,8 @@ use envoy_types::pb::envoy::service::listener::v3::listener_discovery_service_se
 use envoy_types::pb::envoy::service::route::v3::route_discovery_service_server::RouteDiscoveryService;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::{ResponseStream, Session, XdsServer, delta, peer_spiffe_id, sotw, spawn_stream};
-use crate::snapshot::{self, ClientKind, NodeIdentity, envoy::EnvoyNode, type_url};
+use super::{ResponseStream, Session, XdsServer, delta, peer_spiffe_id, sotw};
+use crate::snapshot::{ClientKind, NodeIdentity, envoy::EnvoyNode, type_url};
 
 impl XdsServer {
     fn typed_sotw(
@@ -23,11 +23,9 @@ impl XdsServer {
         pin: &'static str,
     ) -> Result<Response<ResponseStream<DiscoveryResponse>>, Status> {
         let spiffe_id = peer_spiffe_id(&request)?;
-        Ok(Response::new(spawn_stream::<sotw::SotwSession>(
+        Ok(Response::new(self.spawn_stream::<sotw::SotwSession>(
             spiffe_id,
             request.into_inner(),
-            self.meshes.clone(),
-            self.shutdown.clone(),
             Some(pin),
         )))
     }
@@ -38,11 +36,9 @@ impl XdsServer {
         pin: &'static str,
     ) -> Result<Response<ResponseStream<DeltaDiscoveryResponse>>, Status> {
         let spiffe_id = peer_spiffe_id(&request)?;
-        Ok(Response::new(spawn_stream::<delta::DeltaSession>(
+        Ok(Response::new(self.spawn_stream::<delta::DeltaSession>(
             spiffe_id,
             request.into_inner(),
-            self.meshes.clone(),
-            self.shutdown.clone(),
             Some(pin),
         )))
     }
@@ -73,7 +69,7 @@ impl XdsServer {
             envoy: EnvoyNode::of(request.node.as_ref()),
         };
         let mesh = self.meshes.borrow().clone();
-        let mut session = sotw::SotwSession::new(node.clone(), snapshot::build(&mesh, &node));
+        let mut session = sotw::SotwSession::new(node.clone(), self.snapshots.get(&mesh, &node));
         session
             .on_request(request)
             .into_iter()
