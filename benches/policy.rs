@@ -118,9 +118,10 @@ fn demo_input(agent: &str, service: &str, method: &str, path: &str) -> serde_jso
     headers.insert("user-agent", "bench/1".parse().expect("static header"));
     let body = br#"{"name":"Ada"}"#;
     build_input(&RequestFacts {
-        direction: Direction::Inbound,
+        checkpoint: Direction::Inbound.into(),
         method,
         path,
+        raw_path: path,
         host: service,
         scheme: "https",
         protocol: "HTTP/2",
@@ -143,4 +144,5 @@ fn demo_input(agent: &str, service: &str, method: &str, path: &str) -> serde_jso
             metadata: &metadata,
         }),
     })
+    .expect("input document")
 }

@@ -41,6 +41,13 @@ enum Command {
         /// Where sockets and up.json go.
         #[arg(long, default_value = ".meshward")]
         state_dir: PathBuf,
+        /// Envoy ext_authz v3 gRPC for existing meshes (DESIGN.md's 9191);
+        /// its identity is the first SPIFFE ID under `authorizers:`.
+        #[arg(long, default_value = "127.0.0.1:9191")]
+        ext_authz: SocketAddr,
+        /// Run no ext_authz server.
+        #[arg(long)]
+        no_ext_authz: bool,
     },
     /// Check a mesh file; prints every error with file, line and field.
     Validate { file: PathBuf },
@@ -75,6 +82,8 @@ enum Command {
         local_upstream: Option<SocketAddr>,
         #[arg(long, default_value = "127.0.0.1:15000")]
         admin: SocketAddr,
+        #[command(flatten)]
+        ext_authz: ExtAuthzArgs,
     },
     /// Print the bootstrap of a proxy that takes its configuration from the
     /// control plane.
@@ -257,9 +266,16 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let _ = task.await;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Up { config, state_dir } => {
+        Command::Up {
+            config,
+            state_dir,
+            ext_authz,
+            no_ext_authz,
+        } => {
             let config = locate_default(config);
-            let up = Up::start(UpOptions::new(config, &state_dir)).await?;
+            let mut opts = UpOptions::new(config, &state_dir);
+            opts.ext_authz = (!no_ext_authz).then_some(ext_authz);
+            let up = Up::start(opts).await?;
             println!("{}", up.table());
             println!("\nwrote {}", state_dir.join("up.json").display());
             tracing::info!(
@@ -315,6 +331,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             inbound,
             local_upstream,
             admin,
+            ext_authz,
         } => {
             // Starts without waiting for the Workload API: /ready says why
             // the dataplane is not ready until the first SVID arrives.
@@ -344,12 +361,86 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 local_upstream,
                 request_timeout: Duration::from_secs(30),
                 metrics: telemetry::prometheus(),
+                ext_authz: ext_authz.listener().await?,
             })
             .await?;
             shutdown_signal().await;
             dp.shutdown().await;
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// `meshward dataplane`'s ext_authz flags.
+#[derive(clap::Args, Debug)]
+struct ExtAuthzArgs {
+    /// Answer Envoy's ext_authz v3 `Check` here: `host:port` (e.g.
+    /// 127.0.0.1:9191) or `unix:/path/to/socket`.
+    #[arg(long = "ext-authz")]
+    addr: Option<String>,
+    /// Require mTLS on a TCP ext_authz listener (the caller's SVID; ours
+    /// from the Workload API).
+    #[arg(long = "ext-authz-mtls")]
+    mtls: bool,
+    /// The destination service when a check names none (no
+    /// `meshward_service` context extension, no matching `:authority`).
+    #[arg(long = "ext-authz-service")]
+    service: Option<String>,
+    /// A front proxy's SPIFFE ID whose `x-forwarded-client-cert` names the
+    /// caller (repeatable).
+    #[arg(long = "ext-authz-trusted-proxy")]
+    trusted_proxies: Vec<String>,
+    /// Log the real decision, then allow.
+    #[arg(long = "ext-authz-dry-run")]
+    dry_run: bool,
+    /// Allow when the policy fails to evaluate (default: deny).
+    #[arg(long = "ext-authz-allow-on-policy-error")]
+    allow_on_policy_error: bool,
+}
+
+impl ExtAuthzArgs {
+    async fn listener(self) -> anyhow::Result<Option<meshward_dataplane::ExtAuthzListener>> {
+        use meshward_dataplane::grpc_server::{GrpcEndpoint, GrpcListener, GrpcTls};
+        let Some(addr) = self.addr else {
+            return Ok(None);
+        };
+        let listener = match addr.strip_prefix("unix:") {
+            Some(path) => {
+                if self.mtls {
+                    anyhow::bail!(
+                        "--ext-authz-mtls applies to TCP listeners; {addr} is a Unix socket (protect it by its file mode)"
+                    );
+                }
+                // A stale socket from an earlier run would make bind fail.
+                let _ = std::fs::remove_file(path);
+                GrpcListener::Unix {
+                    listener: tokio::net::UnixListener::bind(path)
+                        .with_context(|| format!("binding {addr}"))?,
+                    path: path.into(),
+                }
+            }
+            None => GrpcListener::Tcp(
+                TcpListener::bind(&addr)
+                    .await
+                    .with_context(|| format!("binding --ext-authz {addr}"))?,
+            ),
+        };
+        Ok(Some(meshward_dataplane::ExtAuthzListener {
+            endpoint: GrpcEndpoint {
+                listener,
+                tls: if self.mtls {
+                    GrpcTls::Mutual
+                } else {
+                    GrpcTls::Plain
+                },
+            },
+            settings: meshward_dataplane::extauthz::ExtAuthzSettings {
+                trusted_proxies: self.trusted_proxies,
+                service: self.service,
+                dry_run: self.dry_run,
+                allow_on_policy_error: self.allow_on_policy_error,
+            },
+        }))
     }
 }
 

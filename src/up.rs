@@ -17,9 +17,11 @@ use anyhow::{Context, anyhow};
 use meshward_controlplane::config::{self, Mesh};
 use meshward_controlplane::{ControlPlane, ControlPlaneOptions};
 use meshward_dataplane::admin;
+use meshward_dataplane::extauthz::ExtAuthzSettings;
+use meshward_dataplane::grpc_server::{GrpcEndpoint, GrpcListener, GrpcTls};
 use meshward_dataplane::listener::{Listener, ListenerKind};
 use meshward_dataplane::xds::XdsClientConfig;
-use meshward_dataplane::{Dataplane, DataplaneOptions};
+use meshward_dataplane::{Dataplane, DataplaneOptions, ExtAuthzListener};
 use meshward_spire::IdentitySource;
 use meshward_spire::devserver::{DevIdentityServer, DevServerOptions};
 use serde::Serialize;
@@ -45,6 +47,10 @@ pub struct UpOptions {
     /// their `endpoints` as written; it still runs their demo skill and
     /// serves their identity socket.
     pub external_services: std::collections::BTreeSet<String>,
+    /// Where a dataplane answers Envoy's ext_authz `Check` (plain gRPC; the
+    /// first SPIFFE ID under `authorizers:` is its identity). `None`: no
+    /// ext_authz server.
+    pub ext_authz: Option<SocketAddr>,
 }
 
 impl UpOptions {
@@ -56,6 +62,7 @@ impl UpOptions {
             ready_timeout: Duration::from_secs(30),
             advertise_host: None,
             external_services: Default::default(),
+            ext_authz: None,
         }
     }
 }
@@ -69,6 +76,17 @@ pub struct UpInfo {
     pub controlplane: ControlPlaneInfo,
     pub agents: Vec<AgentInfo>,
     pub services: Vec<ServiceInfo>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ext_authz: Option<AuthorizerInfo>,
+}
+
+/// The dataplane that answers Envoy's ext_authz calls.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuthorizerInfo {
+    pub spiffe_id: String,
+    /// `host:port` of the ext_authz v3 gRPC service.
+    pub ext_authz: String,
+    pub admin: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -262,6 +280,7 @@ impl Up {
                     local_upstream: Some(backend),
                     request_timeout: Duration::from_secs(30),
                     metrics: metrics.clone(),
+                    ext_authz: None,
                 })
                 .await?,
             );
@@ -290,6 +309,7 @@ impl Up {
                     local_upstream: None,
                     request_timeout: Duration::from_secs(30),
                     metrics: metrics.clone(),
+                    ext_authz: None,
                 })
                 .await?,
             );
@@ -300,6 +320,46 @@ impl Up {
                 admin: admin_addr.to_string(),
             });
         }
+        let ext_authz = match opts.ext_authz {
+            None => None,
+            Some(addr) => {
+                let spiffe_id = mesh.authorizers.first().cloned().context(
+                    "an ext_authz server needs an identity: list its SPIFFE ID under `authorizers:` in the mesh file",
+                )?;
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the ext_authz listener {addr}"))?;
+                let check_addr = listener.local_addr()?;
+                let (admin, admin_addr) = bind().await?;
+                let source = source_for(&spiffe_id).await?;
+                dataplanes.push(
+                    Dataplane::start(DataplaneOptions {
+                        name: "ext-authz".into(),
+                        identity: source.into(),
+                        xds: xds("ext-authz"),
+                        outbound: None,
+                        inbound: None,
+                        admin: Some(admin),
+                        local_upstream: None,
+                        request_timeout: Duration::from_secs(30),
+                        metrics: metrics.clone(),
+                        ext_authz: Some(ExtAuthzListener {
+                            endpoint: GrpcEndpoint {
+                                listener: GrpcListener::Tcp(listener),
+                                tls: GrpcTls::Plain,
+                            },
+                            settings: ExtAuthzSettings::default(),
+                        }),
+                    })
+                    .await?,
+                );
+                Some(AuthorizerInfo {
+                    spiffe_id,
+                    ext_authz: check_addr.to_string(),
+                    admin: admin_addr.to_string(),
+                })
+            }
+        };
         for name in &opts.external_services {
             let svc = mesh
                 .services
@@ -346,6 +406,7 @@ impl Up {
             },
             agents,
             services,
+            ext_authz,
         };
         write_info(&opts.state_dir, &info)?;
         Ok(Up {
@@ -448,6 +509,14 @@ pub fn render_table(info: &UpInfo) -> String {
             s.name.clone(),
             format!("{} -> {} (admin {})", s.inbound, s.backend, s.admin),
             s.spiffe_id.clone(),
+        ]);
+    }
+    if let Some(e) = &info.ext_authz {
+        rows.push([
+            "ext_authz".into(),
+            "ext-authz".into(),
+            format!("{} (admin {})", e.ext_authz, e.admin),
+            e.spiffe_id.clone(),
         ]);
     }
     let widths: Vec<usize> = (0..4)

@@ -85,6 +85,8 @@ impl UpProcess {
             .arg("up")
             .arg("--state-dir")
             .arg(&state)
+            // Tests run side by side: not DESIGN.md's fixed 9191.
+            .args(["--ext-authz", "127.0.0.1:0"])
             .current_dir(repo())
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())

@@ -166,6 +166,7 @@ impl World {
             local_upstream: Some(app_addr),
             request_timeout: Duration::from_secs(10),
             metrics: metrics.clone(),
+            ext_authz: None,
         })
         .await
         .expect("service dataplane");
@@ -179,6 +180,7 @@ impl World {
             local_upstream: None,
             request_timeout: Duration::from_secs(10),
             metrics,
+            ext_authz: None,
         })
         .await
         .expect("agent dataplane");

@@ -67,27 +67,31 @@ fn reference_bundle_decides_the_same_in_opa_and_meshward() {
         for svc in mesh.services.values() {
             for (method, path) in requests {
                 for direction in [Direction::Outbound, Direction::Inbound] {
-                    inputs.push(build_input(&RequestFacts {
-                        direction,
-                        method,
-                        path,
-                        host: &svc.spec.name,
-                        scheme: "https",
-                        protocol: "HTTP/2",
-                        headers: &headers,
-                        body: None,
-                        request_id: "00000000-0000-4000-8000-000000000000",
-                        source_principal: Some(principal),
-                        destination_principal: Some(&svc.spec.spiffe_id),
-                        source_address: None,
-                        destination_address: None,
-                        caller: *caller,
-                        service: Some(ServiceFacts {
-                            name: &svc.spec.name,
-                            spiffe_id: &svc.spec.spiffe_id,
-                            metadata: &svc.spec.metadata,
-                        }),
-                    }));
+                    inputs.push(
+                        build_input(&RequestFacts {
+                            checkpoint: direction.into(),
+                            method,
+                            path,
+                            raw_path: path,
+                            host: &svc.spec.name,
+                            scheme: "https",
+                            protocol: "HTTP/2",
+                            headers: &headers,
+                            body: None,
+                            request_id: "00000000-0000-4000-8000-000000000000",
+                            source_principal: Some(principal),
+                            destination_principal: Some(&svc.spec.spiffe_id),
+                            source_address: None,
+                            destination_address: None,
+                            caller: *caller,
+                            service: Some(ServiceFacts {
+                                name: &svc.spec.name,
+                                spiffe_id: &svc.spec.spiffe_id,
+                                metadata: &svc.spec.metadata,
+                            }),
+                        })
+                        .expect("input document"),
+                    );
                 }
             }
         }

@@ -10,6 +10,8 @@
 pub mod admin;
 pub mod breaker;
 pub mod canonical;
+pub mod extauthz;
+pub mod grpc_server;
 pub mod identity;
 pub mod listener;
 pub mod pipeline;
@@ -21,4 +23,4 @@ pub mod server;
 pub mod state;
 pub mod xds;
 
-pub use server::{Dataplane, DataplaneAddrs, DataplaneError, DataplaneOptions};
+pub use server::{Dataplane, DataplaneAddrs, DataplaneError, DataplaneOptions, ExtAuthzListener};

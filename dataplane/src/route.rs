@@ -53,16 +53,22 @@ pub fn route(uri: &Uri, host: Option<&str>) -> Result<Route, RouteError> {
             path_and_query,
         });
     }
-    let host = host
+    let service = host
         .or_else(|| uri.host())
-        .map(strip_port)
-        .filter(|h| !h.is_empty())
+        .and_then(service_of_host)
         .ok_or(RouteError::NoService)?;
-    let service = host.split('.').next().unwrap_or(host);
     Ok(Route {
         service: service.to_string(),
         path_and_query: path_and_query.to_string(),
     })
+}
+
+/// The service a host names: `service`, `service:port` or
+/// `service.<anything>`; `None` for an empty host.
+pub fn service_of_host(host: &str) -> Option<&str> {
+    let host = strip_port(host);
+    let service = host.split('.').next().unwrap_or(host);
+    (!service.is_empty()).then_some(service)
 }
 
 fn strip_port(host: &str) -> &str {

@@ -19,6 +19,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminSource};
+use crate::extauthz::{ExtAuthz, ExtAuthzSettings};
+use crate::grpc_server::{self, GrpcEndpoint};
 use crate::listener::{Listener, ListenerKind, ListenerLimits};
 use crate::pipeline::refusal::NotReady;
 use crate::proxy::{self, Shared, upstream::MeshClient};
@@ -43,6 +45,14 @@ pub struct DataplaneOptions {
     pub local_upstream: Option<SocketAddr>,
     pub request_timeout: Duration,
     pub metrics: Option<PrometheusHandle>,
+    /// Envoy's ext_authz v3 `Check` (DESIGN.md's port 9191).
+    pub ext_authz: Option<ExtAuthzListener>,
+}
+
+/// An ext_authz listener and how it reads its checks.
+pub struct ExtAuthzListener {
+    pub endpoint: GrpcEndpoint,
+    pub settings: ExtAuthzSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +77,8 @@ pub struct DataplaneAddrs {
     pub outbound: Option<SocketAddr>,
     pub inbound: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
+    /// `host:port` or `unix:<path>`.
+    pub ext_authz: Option<String>,
 }
 
 /// A running dataplane; dropping it does not stop it, [`Dataplane::shutdown`] does.
@@ -208,6 +220,20 @@ impl Dataplane {
             state,
             identity: identity.clone(),
         });
+        if let Some(ext) = opts.ext_authz {
+            addrs.ext_authz = Some(ext.endpoint.listener.describe());
+            let service = ExtAuthz::new(shared.clone(), ext.settings).into_service();
+            let ready = status.clone();
+            tasks.push(tokio::spawn(grpc_server::serve(
+                name.clone(),
+                tonic::service::Routes::new(service),
+                &["envoy.service.auth.v3.Authorization"],
+                ext.endpoint,
+                identity.clone(),
+                Arc::new(move || ready.readiness().is_ok()),
+                stop.clone(),
+            )));
+        }
         if let Some(l) = opts.admin {
             addrs.admin = l.local_addr().ok();
             tasks.push(tokio::spawn(admin::serve(

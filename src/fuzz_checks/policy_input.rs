@@ -7,14 +7,14 @@
 //! path and host given, every header sent, the body size; `parsed_path` is a
 //! list), since policies decide on those values.
 //!
-//! Input, in order: a direction byte (modulo 3); method, path and host, each
+//! Input, in order: a checkpoint byte (modulo 3: outbound, inbound, ext_authz); method, path and host, each
 //! a length byte and that many bytes (UTF-8, invalid bytes replaced); a
 //! header count byte (modulo 16) and that many name/value pairs, each a
 //! length byte and bytes, kept only where `http` accepts them; a byte whose
 //! low bit says whether a body follows; the rest is the body.
 
 use http::{HeaderMap, HeaderName, HeaderValue};
-use meshward_dataplane::policy::{Direction, RequestFacts, build_input};
+use meshward_dataplane::policy::{Checkpoint, Direction, RequestFacts, build_input};
 use serde_json::Value;
 
 use super::Verdict;
@@ -22,10 +22,11 @@ use super::input::Input;
 
 pub fn policy_input(data: &[u8]) -> Verdict {
     let mut input = Input::new(data);
-    let direction = match input.byte().map(|b| b % 3) {
+    let checkpoint = match input.byte().map(|b| b % 3) {
         None => return Verdict::Skipped,
-        Some(0) => Direction::Outbound,
-        Some(_) => Direction::Inbound,
+        Some(0) => Checkpoint::Sidecar(Direction::Outbound),
+        Some(1) => Checkpoint::Sidecar(Direction::Inbound),
+        Some(_) => Checkpoint::ExtAuthz,
     };
     let method = String::from_utf8_lossy(input.prefixed8());
     let path = String::from_utf8_lossy(input.prefixed8());
@@ -43,10 +44,11 @@ pub fn policy_input(data: &[u8]) -> Verdict {
     let has_body = input.byte().is_some_and(|b| b & 1 == 1);
     let body = has_body.then(|| input.rest());
 
-    let doc = build_input(&RequestFacts {
-        direction,
+    let built = build_input(&RequestFacts {
+        checkpoint,
         method: &method,
         path: &path,
+        raw_path: &path,
         host: &host,
         scheme: "https",
         protocol: "HTTP/2",
@@ -60,13 +62,27 @@ pub fn policy_input(data: &[u8]) -> Verdict {
         caller: None,
         service: None,
     });
-
     let shown = || format!("method {method:?} path {path:?} host {host:?}");
+    let doc = match built {
+        Ok(doc) => doc,
+        // What Go's parsers refuse: the plugin answers 400 with this text.
+        Err(e) => {
+            assert!(
+                e.body().starts_with("request_parse_error: "),
+                "refusal {e:?} for {}",
+                shown()
+            );
+            return Verdict::Rejected;
+        }
+    };
+
     assert!(doc.is_object(), "input is not an object for {}", shown());
     let http = &doc["attributes"]["request"]["http"];
-    assert_eq!(http["path"].as_str(), Some(&*path), "{}", shown());
-    assert_eq!(http["method"].as_str(), Some(&*method), "{}", shown());
-    assert_eq!(http["host"].as_str(), Some(&*host), "{}", shown());
+    // Empty strings are left out, as the plugin leaves out unset fields.
+    let field = |name: &str| http[name].as_str().unwrap_or_default().to_string();
+    assert_eq!(field("path"), *path, "{}", shown());
+    assert_eq!(field("method"), *method, "{}", shown());
+    assert_eq!(field("host"), *host, "{}", shown());
     for name in headers.keys() {
         assert!(
             http["headers"][name.as_str()].is_string(),
@@ -77,7 +93,7 @@ pub fn policy_input(data: &[u8]) -> Verdict {
     assert_eq!(http["headers"][":path"].as_str(), Some(&*path));
     assert_eq!(
         http["size"].as_u64(),
-        body.map(|b| b.len() as u64),
+        body.map(|b| b.len() as u64).filter(|n| *n > 0),
         "body size for {}",
         shown()
     );

@@ -209,9 +209,10 @@ fn check_limits(limits: &RateLimitSettings) {
 fn sample_input() -> serde_json::Value {
     let headers = http::HeaderMap::new();
     build_input(&RequestFacts {
-        direction: Direction::Inbound,
+        checkpoint: Direction::Inbound.into(),
         method: "GET",
         path: "/admin/users?x=1",
+        raw_path: "/admin/users?x=1",
         host: "svc",
         scheme: "https",
         protocol: "HTTP/2",
@@ -225,6 +226,7 @@ fn sample_input() -> serde_json::Value {
         caller: None,
         service: None,
     })
+    .expect("a plain request has an input document")
 }
 
 /// The last top-level length-delimited field `field` of a protobuf message

@@ -151,6 +151,7 @@ fn attempt_text(text: &str, path: &Path) -> Attempt {
             source: path.to_path_buf(),
             trust_domain: draft.trust_domain,
             listeners: draft.listeners,
+            authorizers: draft.authorizers,
             services: draft
                 .services
                 .into_iter()

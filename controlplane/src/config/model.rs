@@ -26,6 +26,10 @@ pub struct Mesh {
     pub policy: PolicyBundle,
     /// Resource limits of every dataplane listener (`listeners:`).
     pub listeners: ListenerLimits,
+    /// Dataplanes that answer Envoy's ext_authz and rate-limit calls
+    /// (`authorizers:`): they receive the policy, every agent and every
+    /// service, as a service's inbound sidecar does.
+    pub authorizers: Vec<String>,
 }
 
 impl Mesh {

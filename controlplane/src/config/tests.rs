@@ -461,7 +461,7 @@ fn unknown_keys_are_rejected_with_their_line() {
     assert_eq!(
         e.to_string(),
         format!(
-            "{}:{}: servcies: unknown key (did you mean `services`?); expected one of: trust_domain, policy, listeners, agents, services",
+            "{}:{}: servcies: unknown key (did you mean `services`?); expected one of: trust_domain, policy, listeners, authorizers, agents, services",
             path.display(),
             line_of(MESH, "services:")
         )
@@ -807,5 +807,32 @@ fn spire_registry_lists_every_agent_and_service() {
             .map(|(n, _)| n.as_str())
             .collect::<Vec<_>>(),
         vec!["hello", "world"]
+    );
+}
+
+#[test]
+fn authorizers_are_spiffe_ids_of_the_trust_domain_unique_across_the_mesh() {
+    let mesh = MESH.replace(
+        "agents:\n",
+        "authorizers:\n  - spiffe://example.org/meshward/ext-authz\nagents:\n",
+    );
+    let (_dir, path) = mesh_dir("authorizers", &mesh);
+    let loaded = load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        loaded.authorizers,
+        ["spiffe://example.org/meshward/ext-authz"]
+    );
+    let bad = MESH.replace(
+        "agents:\n",
+        "authorizers:\n  - spiffe://other.org/meshward/ext-authz\n  - spiffe://example.org/agent/a\nagents:\n",
+    );
+    let (_, errors, _dir) = errors_of(&bad);
+    assert!(
+        errors.iter().any(|e| e.field == "authorizers[0]"),
+        "{errors:?}"
+    );
+    assert!(
+        errors.iter().any(|e| e.message.contains("SPIFFE ID")),
+        "duplicate of an agent's ID: {errors:?}"
     );
 }

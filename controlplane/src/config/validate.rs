@@ -43,6 +43,8 @@ pub struct Draft {
     pub services: Vec<Service>,
     pub policy: Option<PolicySection>,
     pub listeners: ListenerLimits,
+    /// SPIFFE IDs of ext_authz / rate-limit backends (`authorizers:`).
+    pub authorizers: Vec<String>,
     pub errors: Vec<ConfigError>,
 }
 
@@ -56,7 +58,14 @@ pub struct PolicySection {
     pub decision_line: usize,
 }
 
-const TOP_KEYS: &[&str] = &["trust_domain", "policy", "listeners", "agents", "services"];
+const TOP_KEYS: &[&str] = &[
+    "trust_domain",
+    "policy",
+    "listeners",
+    "authorizers",
+    "agents",
+    "services",
+];
 const POLICY_KEYS: &[&str] = &["dir", "decision"];
 const AGENT_KEYS: &[&str] = &["name", "spiffe_id", "attributes", "permissions", "limits"];
 const SERVICE_KEYS: &[&str] = &[
@@ -205,6 +214,30 @@ pub fn check(file: &Path, root: &Node) -> Draft {
             endpoints,
             backend,
         });
+    }
+
+    // Authorizers (ext_authz and rate-limit backends) are neither agents
+    // nor services: their IDs are unique across all three.
+    for (i, node) in c
+        .list(top.get("authorizers"), "authorizers")
+        .iter()
+        .enumerate()
+    {
+        let field = format!("authorizers[{i}]");
+        let Some(id) = c.string(node, &field) else {
+            continue;
+        };
+        let checked = rules::spiffe_id(&id, td).map_err(|reason| {
+            format!("must be a spiffe:// URI in the trust domain: `{id}` {reason}")
+        });
+        if c.rule(node.line, &field, checked) {
+            ids.push(Named {
+                value: id.clone(),
+                field,
+                line: node.line,
+            });
+            draft.authorizers.push(id);
+        }
     }
 
     c.unique(&names, "name");

@@ -12,6 +12,9 @@ pub enum NodeKind {
     /// A registered service (its name): its inbound side authorizes callers,
     /// so it sees every `Agent`.
     Service(String),
+    /// An ext_authz / rate-limit backend listed under `authorizers:`: it
+    /// decides for every service, so it sees what a service sees.
+    Authorizer,
     /// In the trust domain but registered as neither, e.g. the control plane
     /// itself or a plain Envoy gateway: clusters and endpoints only.
     Unregistered,
@@ -32,6 +35,9 @@ pub fn classify(mesh: &Mesh, spiffe_id: &str) -> NodeKind {
     }
     if let Some(service) = mesh.service_by_spiffe_id(spiffe_id) {
         return NodeKind::Service(service.spec.name.clone());
+    }
+    if mesh.authorizers.iter().any(|a| a == spiffe_id) {
+        return NodeKind::Authorizer;
     }
     NodeKind::Unregistered
 }

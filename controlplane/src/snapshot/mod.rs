@@ -162,6 +162,7 @@ impl Snapshot {
 /// |---|---|---|---|
 /// | registered agent | all | yes | its own only |
 /// | registered service | all | yes | all (its inbound side authorizes callers) |
+/// | authorizer (`authorizers:`, an ext_authz backend) | all | yes | all |
 /// | other ID in the trust domain (the control plane itself, an Envoy gateway) | all | no | none |
 /// | ID outside the trust domain | none | no | none |
 ///
@@ -205,10 +206,13 @@ pub fn build(mesh: &Mesh, node: &NodeIdentity) -> Snapshot {
             .agent_by_spiffe_id(&node.spiffe_id)
             .into_iter()
             .collect(),
-        NodeKind::Service(_) => mesh.agents.values().collect(),
+        NodeKind::Service(_) | NodeKind::Authorizer => mesh.agents.values().collect(),
         NodeKind::Unregistered | NodeKind::Foreign => Vec::new(),
     };
-    if matches!(kind, NodeKind::Agent(_) | NodeKind::Service(_)) {
+    if matches!(
+        kind,
+        NodeKind::Agent(_) | NodeKind::Service(_) | NodeKind::Authorizer
+    ) {
         snapshot.insert(
             type_url::POLICY_BUNDLE,
             resources::POLICY_BUNDLE_NAME.to_string(),

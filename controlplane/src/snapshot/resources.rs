@@ -106,7 +106,7 @@ pub fn envoy(mesh: &config::Mesh, node: &NodeIdentity, kind: &NodeKind, snapshot
                 envoy::inbound_routes(mesh).encode_to_vec(),
             );
         }
-        NodeKind::Agent(_) | NodeKind::Unregistered => {
+        NodeKind::Agent(_) | NodeKind::Authorizer | NodeKind::Unregistered => {
             put(
                 type_url::LISTENER,
                 envoy::OUTBOUND,

@@ -45,6 +45,7 @@ pub(crate) fn mesh() -> Mesh {
         source: PathBuf::from("mesh.yaml"),
         trust_domain: "example.org".to_string(),
         listeners: Default::default(),
+        authorizers: vec![AUTHORIZER.to_string()],
         services: [service("hello", 7001), service("billing", 7002)]
             .into_iter()
             .map(|s| (s.spec.name.clone(), s))
@@ -78,6 +79,7 @@ pub(crate) fn node(spiffe_id: &str) -> NodeIdentity {
 const TRIAGE: &str = "spiffe://example.org/agent/triage";
 const BILLING_BOT: &str = "spiffe://example.org/agent/billing-bot";
 const HELLO: &str = "spiffe://example.org/service/hello";
+const AUTHORIZER: &str = "spiffe://example.org/meshward/ext-authz";
 
 fn names(snapshot: &Snapshot, type_url: &str) -> Vec<String> {
     snapshot
@@ -577,4 +579,19 @@ mod envoy_nodes {
         );
         assert!(!cla.endpoints[0].lb_endpoints.is_empty());
     }
+}
+
+#[test]
+fn an_authorizer_sees_what_a_service_sees() {
+    let mesh = mesh();
+    assert_eq!(classify(&mesh, AUTHORIZER), NodeKind::Authorizer);
+    let s = build(&mesh, &node(AUTHORIZER));
+    assert_eq!(s.len(type_url::AGENT), 2);
+    assert_eq!(s.len(type_url::POLICY_BUNDLE), 1);
+    assert_eq!(s.len(type_url::DATAPLANE_SETTINGS), 1);
+    assert_eq!(s.len(type_url::CLUSTER), 2);
+    // Another ID under /meshward/ is not one unless listed.
+    let other = "spiffe://example.org/meshward/other";
+    assert_eq!(classify(&mesh, other), NodeKind::Unregistered);
+    assert_eq!(build(&mesh, &node(other)).len(type_url::AGENT), 0);
 }

@@ -10,8 +10,8 @@ use std::sync::LazyLock;
 use super::identify::Identity;
 use super::refusal::Refusal;
 use crate::breaker::{BreakerGuard, Breakers};
-use crate::policy::Direction;
-use crate::ratelimit::{Permit, RateLimitError, RateLimitSettings, RateLimiter};
+use crate::policy::{Checkpoint, Direction};
+use crate::ratelimit::{Permit, RateLimitError, RateLimitSettings, RateLimiter, Scope};
 use crate::state::Upstream;
 
 /// An admitted request: its concurrency slot (held until the response body
@@ -21,22 +21,29 @@ pub struct Admitted {
     pub breaker: BreakerGuard,
 }
 
-/// The limit that applies in `direction`. A caller that is not a registered
-/// agent has no egress limit of its own (the outbound caller is always the
-/// sidecar's registered workload).
+/// The limit that applies at `checkpoint`, and its scope. A caller that is
+/// not a registered agent has no egress limit of its own (the outbound
+/// caller is always the sidecar's registered workload). An ext_authz check
+/// stands where the service's inbound sidecar would: the service's
+/// `per_caller_limits`.
 pub fn limit_settings<'a>(
-    direction: Direction,
+    checkpoint: Checkpoint,
     identity: &'a Identity,
     upstream: &'a Upstream,
-) -> &'a RateLimitSettings {
+) -> (Scope, &'a RateLimitSettings) {
     static UNLIMITED: LazyLock<RateLimitSettings> = LazyLock::new(RateLimitSettings::default);
-    match direction {
-        Direction::Inbound => &upstream.service.per_caller_limits,
-        Direction::Outbound => identity
-            .caller
-            .as_deref()
-            .map(|c| &c.limits)
-            .unwrap_or(&UNLIMITED),
+    match checkpoint {
+        Checkpoint::Sidecar(Direction::Inbound) | Checkpoint::ExtAuthz => {
+            (Scope::Ingress, &upstream.service.per_caller_limits)
+        }
+        Checkpoint::Sidecar(Direction::Outbound) => (
+            Scope::Egress,
+            identity
+                .caller
+                .as_deref()
+                .map(|c| &c.limits)
+                .unwrap_or(&UNLIMITED),
+        ),
     }
 }
 
@@ -52,17 +59,14 @@ fn rate_limited(identity: &Identity, upstream: &Upstream, error: RateLimitError)
 pub fn admit(
     limiter: &RateLimiter,
     breakers: &Breakers,
-    direction: Direction,
+    checkpoint: Checkpoint,
     identity: &Identity,
     upstream: &Upstream,
 ) -> Result<Admitted, Refusal> {
     let service = &upstream.service;
+    let (scope, settings) = limit_settings(checkpoint, identity, upstream);
     let permit = limiter
-        .check(
-            Some(&identity.caller_id),
-            &service.name,
-            limit_settings(direction, identity, upstream),
-        )
+        .check(scope, Some(&identity.caller_id), &service.name, settings)
         .map_err(|e| rate_limited(identity, upstream, e))?;
     let breaker = breakers.acquire(&identity.caller_id, &service.name, &service.breaker)?;
     Ok(Admitted { permit, breaker })
@@ -72,16 +76,13 @@ pub fn admit(
 /// limit opts out with `count_denied: false`); an empty bucket is a 429.
 pub fn charge_denied(
     limiter: &RateLimiter,
-    direction: Direction,
+    checkpoint: Checkpoint,
     identity: &Identity,
     upstream: &Upstream,
 ) -> Result<(), Refusal> {
+    let (scope, settings) = limit_settings(checkpoint, identity, upstream);
     limiter
-        .charge(
-            &identity.caller_id,
-            &upstream.service.name,
-            limit_settings(direction, identity, upstream),
-        )
+        .charge(scope, &identity.caller_id, &upstream.service.name, settings)
         .map_err(|e| rate_limited(identity, upstream, e))
 }
 
@@ -96,7 +97,12 @@ mod tests {
     fn outbound_uses_the_agents_limit_inbound_the_services() {
         let out = identify(Ok(AGENT.into()), Some(state()), Direction::Outbound, None).unwrap();
         let up = out.state.clusters["svc"].clone();
-        assert_eq!(limit_settings(Direction::Outbound, &out, &up).burst, 3);
+        assert_eq!(
+            limit_settings(Direction::Outbound.into(), &out, &up)
+                .1
+                .burst,
+            3
+        );
         let peer = VerifiedPeer {
             spiffe_id: AGENT.into(),
             cert_sha256: String::new(),
@@ -108,7 +114,10 @@ mod tests {
             Some(&peer),
         )
         .unwrap();
-        assert_eq!(limit_settings(Direction::Inbound, &inb, &up).burst, 2);
+        assert_eq!(
+            limit_settings(Direction::Inbound.into(), &inb, &up).1.burst,
+            2
+        );
     }
 
     #[test]
@@ -118,8 +127,8 @@ mod tests {
         let limiter = RateLimiter::new();
         let breakers = Breakers::new();
         // max_concurrent 1: the second request while the first is in flight.
-        let first = admit(&limiter, &breakers, Direction::Outbound, &id, &up).unwrap();
-        match admit(&limiter, &breakers, Direction::Outbound, &id, &up) {
+        let first = admit(&limiter, &breakers, Direction::Outbound.into(), &id, &up).unwrap();
+        match admit(&limiter, &breakers, Direction::Outbound.into(), &id, &up) {
             Err(Refusal::RateLimited {
                 caller,
                 service,
@@ -138,7 +147,7 @@ mod tests {
         // fresh limiter each time keeps the rate limit out of the way.
         for _ in 0..4 {
             let limiter = RateLimiter::new();
-            let a = admit(&limiter, &breakers, Direction::Outbound, &id, &up);
+            let a = admit(&limiter, &breakers, Direction::Outbound.into(), &id, &up);
             let Ok(a) = a else {
                 panic!("refused before the breaker opened")
             };
@@ -146,7 +155,7 @@ mod tests {
         }
         let limiter = RateLimiter::new();
         assert!(matches!(
-            admit(&limiter, &breakers, Direction::Outbound, &id, &up),
+            admit(&limiter, &breakers, Direction::Outbound.into(), &id, &up),
             Err(Refusal::CircuitOpen(_))
         ));
     }

@@ -14,18 +14,20 @@ use http::HeaderMap;
 
 use super::admit;
 use super::identify::Identity;
-use super::refusal::{Denial, Refusal};
-use crate::policy::{CallerFacts, Decision, Direction, RequestFacts, ServiceFacts, build_input};
+use super::refusal::{BadRequest, Denial, Refusal};
+use crate::policy::{CallerFacts, Checkpoint, Decision, RequestFacts, ServiceFacts, build_input};
 use crate::ratelimit::RateLimiter;
 use crate::state::Upstream;
 
 /// What the policy sees of a request.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestView<'a> {
-    pub direction: Direction,
+    pub checkpoint: Checkpoint,
     pub method: &'a str,
     /// Canonical path and query.
     pub path: &'a str,
+    /// The path as it arrived.
+    pub raw_path: &'a str,
     pub host: &'a str,
     pub scheme: &'a str,
     /// `"HTTP/1.1"` or `"HTTP/2"`.
@@ -48,9 +50,10 @@ pub fn authorize(
 ) -> Result<Decision, Refusal> {
     let service = &upstream.service;
     let facts = RequestFacts {
-        direction: view.direction,
+        checkpoint: view.checkpoint,
         method: view.method,
         path: view.path,
+        raw_path: view.raw_path,
         host: view.host,
         scheme: view.scheme,
         protocol: view.protocol,
@@ -73,11 +76,33 @@ pub fn authorize(
             metadata: &service.metadata,
         }),
     };
-    let decision = identity.state.policy.evaluate(&build_input(&facts))?;
+    judge(
+        identity,
+        Some(upstream),
+        view.checkpoint,
+        &build_input(&facts).map_err(BadRequest::Input)?,
+        limiter,
+    )
+}
+
+/// The policy's decision on an input document, for the sidecar and the
+/// ext_authz server alike: an allow is returned, a denial (or an evaluation
+/// error, which denies) is a refusal, and a denial costs the caller a token
+/// at `upstream` (none when the service is unknown to the mesh).
+pub fn judge(
+    identity: &Identity,
+    upstream: Option<&Upstream>,
+    checkpoint: Checkpoint,
+    input: &serde_json::Value,
+    limiter: &RateLimiter,
+) -> Result<Decision, Refusal> {
+    let decision = identity.state.policy.evaluate(input)?;
     if decision.allowed {
         return Ok(decision);
     }
-    admit::charge_denied(limiter, view.direction, identity, upstream)?;
+    if let Some(upstream) = upstream {
+        admit::charge_denied(limiter, checkpoint, identity, upstream)?;
+    }
     Err(Refusal::Forbidden(Denial {
         reason: decision
             .reason
@@ -85,7 +110,8 @@ pub fn authorize(
             .unwrap_or_else(|| "denied by policy".into()),
         status: decision.http_status,
         body: decision.body,
-        headers: decision.response_headers_to_add,
+        // opa-envoy-plugin answers a denial with the decision's `headers`.
+        headers: decision.headers,
     }))
 }
 
@@ -111,12 +137,14 @@ mod tests {
     use super::*;
     use crate::pipeline::identify::identify;
     use crate::pipeline::test_support::{AGENT, state};
+    use crate::policy::Direction;
 
     fn view<'a>(path: &'a str, headers: &'a HeaderMap) -> RequestView<'a> {
         RequestView {
-            direction: Direction::Outbound,
+            checkpoint: Direction::Outbound.into(),
             method: "GET",
             path,
+            raw_path: path,
             host: "svc",
             scheme: "http",
             protocol: "HTTP/1.1",

@@ -152,9 +152,10 @@ async fn stages(
         .or_else(|| parts.uri.authority().map(|a| a.to_string()))
         .unwrap_or_default();
     let view = RequestView {
-        direction,
+        checkpoint: direction.into(),
         method: parts.method.as_str(),
         path: &path_and_query,
+        raw_path: &raw_path,
         host: &host,
         scheme: match direction {
             Direction::Inbound => "https",
@@ -173,7 +174,7 @@ async fn stages(
     let admitted = admit::admit(
         &shared.limiter,
         &shared.breakers,
-        direction,
+        direction.into(),
         &identity,
         &upstream,
     )?;

@@ -99,6 +99,10 @@ pub enum BadRequest {
     Body(String),
     #[error("cannot build the upstream URI: {0}")]
     Uri(String),
+    /// The request cannot be described to the policy as opa-envoy-plugin
+    /// would (a query or body it cannot parse).
+    #[error("{0}")]
+    Input(#[from] crate::policy::InputError),
 }
 
 /// Why a request could not be delivered.
@@ -178,45 +182,65 @@ impl Refusal {
         }
     }
 
-    /// Renders the refusal for an HTTP or a gRPC caller.
-    pub fn into_response(self, grpc: bool, request_id: &str) -> Response<ProxyBody> {
-        let mut builder = Response::builder();
+    /// What every rendering of the refusal carries: the status (HTTP and
+    /// gRPC), the headers (`retry-after`, the policy's headers,
+    /// `x-request-id`, `x-meshward-refusal`) and the HTTP body (the policy's
+    /// `body`, or a small JSON object naming the reason). The sidecar
+    /// answers with it directly; the ext_authz server puts it in a
+    /// `DeniedHttpResponse`.
+    pub fn render(&self, request_id: &str) -> Rendered {
+        let mut headers = Vec::new();
         if let Some(retry) = self.retry_after() {
             // Whole seconds, rounded up: `retry-after: 0` would invite a hot loop.
             let secs = retry.as_secs() + u64::from(retry.subsec_nanos() > 0);
-            builder = builder.header(header::RETRY_AFTER, secs.max(1));
+            headers.push((header::RETRY_AFTER.to_string(), secs.max(1).to_string()));
         }
-        if let Refusal::Forbidden(Denial { headers, .. }) = &self {
-            for (k, v) in headers {
-                builder = builder.header(k.as_str(), v.as_str());
-            }
+        if let Refusal::Forbidden(Denial {
+            headers: policy, ..
+        }) = self
+        {
+            headers.extend(policy.iter().cloned());
         }
-        builder = builder
-            .header("x-request-id", request_id)
-            .header("x-meshward-refusal", self.kind());
+        headers.push(("x-request-id".into(), request_id.to_string()));
+        headers.push(("x-meshward-refusal".into(), self.kind().to_string()));
+        let body = match self {
+            Refusal::Forbidden(Denial {
+                body: Some(body), ..
+            }) => body.clone(),
+            _ => serde_json::json!({
+                "error": self.kind(),
+                "reason": self.to_string(),
+                "request_id": request_id,
+            })
+            .to_string(),
+        };
+        Rendered {
+            status: self.http_status(),
+            grpc_status: self.grpc_status(),
+            headers,
+            body,
+        }
+    }
+
+    /// Renders the refusal for an HTTP or a gRPC caller.
+    pub fn into_response(self, grpc: bool, request_id: &str) -> Response<ProxyBody> {
+        let rendered = self.render(request_id);
+        let mut builder = Response::builder();
+        for (k, v) in &rendered.headers {
+            builder = builder.header(k.as_str(), v.as_str());
+        }
         let response = if grpc {
             builder
                 .status(StatusCode::OK)
                 .header(header::CONTENT_TYPE, "application/grpc")
-                .header("grpc-status", self.grpc_status())
+                .header("grpc-status", rendered.grpc_status)
                 .header("grpc-message", grpc_message(&self.to_string()))
                 .body(full(Bytes::new()))
         } else {
-            let body = match &self {
-                Refusal::Forbidden(Denial {
-                    body: Some(body), ..
-                }) => body.clone(),
-                _ => serde_json::json!({
-                    "error": self.kind(),
-                    "reason": self.to_string(),
-                    "request_id": request_id,
-                })
-                .to_string(),
-            };
             builder
-                .status(self.http_status())
+                .status(rendered.status)
                 .header(header::CONTENT_TYPE, "application/json")
-                .body(full(Bytes::from(body)))
+                .body(full(Bytes::from(rendered.body)))
         };
         // Only a header value from the policy can be invalid; fall back to a
         // bare refusal rather than letting a policy typo turn into an allow.
@@ -230,6 +254,16 @@ impl Refusal {
             r
         })
     }
+}
+
+/// A refusal as status, headers and body (see [`Refusal::render`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rendered {
+    pub status: StatusCode,
+    /// The matching `google.rpc.Code`.
+    pub grpc_status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
 }
 
 /// Percent-encodes a grpc-message value as the gRPC HTTP/2 spec requires.

@@ -26,6 +26,10 @@ pub struct Decision {
     pub headers: Vec<(String, String)>,
     pub response_headers_to_add: Vec<(String, String)>,
     pub request_headers_to_remove: Vec<String>,
+    /// Query parameters set on the upstream request (object: name → string
+    /// or array of strings, as opa-envoy-plugin reads it).
+    pub query_parameters_to_set: Vec<(String, String)>,
+    pub query_parameters_to_remove: Vec<String>,
     /// Passed through to ext_authz `dynamic_metadata`; `Null` when absent.
     pub dynamic_metadata: Value,
 }
@@ -53,6 +57,8 @@ impl Decision {
             headers: Vec::new(),
             response_headers_to_add: Vec::new(),
             request_headers_to_remove: Vec::new(),
+            query_parameters_to_set: Vec::new(),
+            query_parameters_to_remove: Vec::new(),
             dynamic_metadata: Value::Null,
         }
     }
@@ -116,6 +122,8 @@ impl Decision {
             headers: header_map(obj, "headers")?,
             response_headers_to_add: header_map(obj, "response_headers_to_add")?,
             request_headers_to_remove: string_array(obj, "request_headers_to_remove")?,
+            query_parameters_to_set: header_map(obj, "query_parameters_to_set")?,
+            query_parameters_to_remove: string_array(obj, "query_parameters_to_remove")?,
             dynamic_metadata,
         })
     }
@@ -132,19 +140,35 @@ fn opt_string(obj: &Map<String, Value>, field: &str) -> Result<Option<String>, S
     }
 }
 
-/// A header object: values are strings or arrays of strings (one header line
-/// each), as opa-envoy-plugin accepts.
+/// A header object, or an array of them (opa-envoy-plugin accepts both):
+/// values are strings or arrays of strings (one header line each).
 fn header_map(obj: &Map<String, Value>, field: &str) -> Result<Vec<(String, String)>, String> {
-    let map = match obj.get(field) {
-        None | Some(Value::Null) => return Ok(Vec::new()),
-        Some(Value::Object(map)) => map,
-        Some(other) => {
-            return Err(format!(
-                "field {field:?} must be an object, got {}",
-                type_name(other)
-            ));
+    match obj.get(field) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Object(map)) => header_object(map, field),
+        Some(Value::Array(items)) => {
+            let mut out = Vec::new();
+            for item in items {
+                match item {
+                    Value::Object(map) => out.extend(header_object(map, field)?),
+                    other => {
+                        return Err(format!(
+                            "field {field:?} must hold objects, got {}",
+                            type_name(other)
+                        ));
+                    }
+                }
+            }
+            Ok(out)
         }
-    };
+        Some(other) => Err(format!(
+            "field {field:?} must be an object, got {}",
+            type_name(other)
+        )),
+    }
+}
+
+fn header_object(map: &Map<String, Value>, field: &str) -> Result<Vec<(String, String)>, String> {
     let mut out = Vec::with_capacity(map.len());
     for (name, value) in map {
         match value {

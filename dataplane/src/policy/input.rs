@@ -1,23 +1,26 @@
-//! The policy input document.
+//! What the sidecar knows about a request, as the policy input.
 //!
-//! One builder serves the outbound and inbound sidecar paths (and is built to
-//! serve an ext_authz server: it reads no body stream and no upstream), so a
-//! policy sees the same shape however the request arrived. The
-//! shape is a superset of opa-envoy-plugin's input (`attributes` as the
-//! protojson of Envoy's `CheckRequest.attributes`, `parsed_path`,
-//! `parsed_query`, `parsed_body`, `truncated_body`, `version`), so policies
-//! written for OPA-Envoy run unchanged; `input.meshward` adds what only the
-//! mesh knows: the direction and the caller's and service's registry facts.
+//! The sidecar describes its request the way Envoy's ext_authz filter
+//! describes one (a `CheckRequest`'s attributes) and hands it to the same
+//! [`document`] builder the ext_authz server uses, so the input is
+//! opa-envoy-plugin's document (policies written for OPA-Envoy run
+//! unchanged) plus `input.meshward`, whichever way the request arrived.
 //!
 //! Paths: the outbound proxy strips the `/mcp://<service>` routing prefix
-//! before building the input and sets [`ServiceFacts`], so a policy sees
-//! `/say-hello` on both the caller's and the service's side.
+//! and canonicalizes before building the input, and sets [`ServiceFacts`],
+//! so a policy sees `/say-hello` on both the caller's and the service's
+//! side; the path as it arrived is `input.meshward.raw_path`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde_json::{Map, Value, json};
+use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address, socket_address};
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, attribute_context};
+use envoy_types::pb::google::protobuf::Timestamp;
+use serde_json::Value;
+
+use super::document::{InputError, MeshFacts, document};
 
 /// Where the request is being authorized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -35,6 +38,30 @@ impl Direction {
             Direction::Outbound => "outbound",
             Direction::Inbound => "inbound",
         }
+    }
+}
+
+/// Where a decision is made: one of a sidecar's two sides, or an Envoy's
+/// `ext_authz` filter asking (the caller is then the principal that Envoy
+/// verified). `input.meshward.direction` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Checkpoint {
+    Sidecar(Direction),
+    ExtAuthz,
+}
+
+impl Checkpoint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Checkpoint::Sidecar(d) => d.as_str(),
+            Checkpoint::ExtAuthz => "ext_authz",
+        }
+    }
+}
+
+impl From<Direction> for Checkpoint {
+    fn from(d: Direction) -> Self {
+        Checkpoint::Sidecar(d)
     }
 }
 
@@ -58,11 +85,13 @@ pub struct ServiceFacts<'a> {
 /// Everything the proxy knows about one request, borrowed.
 #[derive(Debug, Clone)]
 pub struct RequestFacts<'a> {
-    pub direction: Direction,
+    pub checkpoint: Checkpoint,
     pub method: &'a str,
     /// Path and query as received (after the outbound `/mcp://<service>`
     /// prefix is stripped).
     pub path: &'a str,
+    /// The path as it arrived, before canonicalization.
+    pub raw_path: &'a str,
     pub host: &'a str,
     pub scheme: &'a str,
     /// `"HTTP/1.1"` or `"HTTP/2"`.
@@ -78,237 +107,108 @@ pub struct RequestFacts<'a> {
     pub service: Option<ServiceFacts<'a>>,
 }
 
-/// Builds the input document for one request.
-pub fn build_input(f: &RequestFacts) -> Value {
-    let (path_only, query) = match f.path.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (f.path, None),
-    };
-    // A fragment never reaches a server, but strip it as url.Parse would.
-    let path_only = path_only.split('#').next().unwrap_or(path_only);
-    let query = query.map(|q| q.split('#').next().unwrap_or(q));
-
-    let mut http = Map::new();
-    http.insert("id".into(), json!(f.request_id));
-    http.insert("method".into(), json!(f.method));
-    http.insert("path".into(), json!(f.path));
-    http.insert("host".into(), json!(f.host));
-    http.insert("scheme".into(), json!(f.scheme));
-    http.insert("protocol".into(), json!(f.protocol));
-    http.insert("headers".into(), Value::Object(headers_object(f)));
-    if let Some(body) = f.body {
-        http.insert("size".into(), json!(body.len()));
-        if let Ok(text) = std::str::from_utf8(body) {
-            http.insert("body".into(), json!(text));
-        }
-    }
-
-    let mut input = Map::new();
-    input.insert(
-        "attributes".into(),
-        json!({
-            "source": peer(f.source_address, f.source_principal),
-            "destination": peer(f.destination_address, f.destination_principal),
-            "request": {
-                "time": rfc3339_now(),
-                "http": Value::Object(http),
-            },
-        }),
-    );
-    input.insert("parsed_path".into(), parsed_path(path_only));
-    input.insert("parsed_query".into(), parsed_query(query.unwrap_or("")));
-    if let Some(body) = parsed_body(f) {
-        input.insert("parsed_body".into(), body);
-    }
-    input.insert("truncated_body".into(), json!(false));
-    input.insert(
-        "version".into(),
-        json!({"encoding": "protojson", "ext_authz": "v3"}),
-    );
-    input.insert(
-        "meshward".into(),
-        json!({
-            "direction": f.direction.as_str(),
-            "caller": f.caller.map(|c| json!({
-                "spiffe_id": c.spiffe_id,
-                "name": c.name,
-                "attributes": c.attributes,
-                "permissions": c.permissions,
-            })),
-            "service": f.service.map(|s| json!({
-                "name": s.name,
-                "spiffe_id": s.spiffe_id,
-                "metadata": s.metadata,
-            })),
-        }),
-    );
-    Value::Object(input)
-}
-
-/// Envoy's `AttributeContext.Peer` in protojson; absent fields are omitted as
-/// protojson omits defaults.
-fn peer(address: Option<SocketAddr>, principal: Option<&str>) -> Value {
-    let mut out = Map::new();
-    if let Some(addr) = address {
-        out.insert(
-            "address".into(),
-            json!({"socketAddress": {"address": addr.ip().to_string(), "portValue": addr.port()}}),
-        );
-    }
-    if let Some(p) = principal {
-        out.insert("principal".into(), json!(p));
-    }
-    Value::Object(out)
-}
-
-/// Lowercase names, repeated headers joined with "," (as Envoy does), plus
-/// the HTTP/2 pseudo-headers Envoy includes in `CheckRequest`. Values that are
-/// not valid UTF-8 are decoded lossily rather than dropped.
-fn headers_object(f: &RequestFacts) -> Map<String, Value> {
-    let mut out: Map<String, Value> = Map::new();
-    for (name, value) in f.headers {
-        let value = String::from_utf8_lossy(value.as_bytes());
-        match out.get_mut(name.as_str()) {
-            Some(Value::String(existing)) => {
-                existing.push(',');
-                existing.push_str(&value);
-            }
-            _ => {
-                out.insert(name.as_str().to_string(), Value::String(value.into_owned()));
-            }
-        }
-    }
-    out.insert(":method".into(), json!(f.method));
-    out.insert(":path".into(), json!(f.path));
-    out.insert(":authority".into(), json!(f.host));
-    out.insert(":scheme".into(), json!(f.scheme));
-    out
-}
-
-/// `"/a/b%20c/"` → `["a", "b c", ""]`, like opa-envoy-plugin (leading slashes
-/// trimmed, the rest split on "/", each segment percent-decoded).
-fn parsed_path(path: &str) -> Value {
-    let trimmed = path.trim_start_matches('/');
-    Value::Array(
-        trimmed
-            .split('/')
-            .map(|seg| Value::String(percent_decode(seg, false)))
-            .collect(),
+/// Builds the input document for one request: the request described as
+/// Envoy's `CheckRequest` attributes would describe it, then assembled by
+/// [`document`] exactly as for an ext_authz check.
+pub fn build_input(f: &RequestFacts) -> Result<Value, InputError> {
+    let attributes = attributes(f);
+    document(
+        &attributes,
+        &MeshFacts {
+            checkpoint: f.checkpoint,
+            caller: f.caller,
+            service: f.service,
+            raw_path: f.raw_path,
+        },
     )
 }
 
-/// `"a=1&a=2&b"` → `{"a": ["1", "2"], "b": [""]}` with form decoding (`+` is
-/// a space), like Go's `url.ParseQuery`.
-fn parsed_query(query: &str) -> Value {
-    let mut out: Map<String, Value> = Map::new();
-    for pair in query.split(['&', ';']).filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let key = percent_decode(k, true);
-        let value = Value::String(percent_decode(v, true));
-        match out.get_mut(&key) {
-            Some(Value::Array(values)) => values.push(value),
-            _ => {
-                out.insert(key, Value::Array(vec![value]));
-            }
-        }
+/// The request as Envoy's ext_authz filter reports one: headers joined
+/// with `,` per name (and the pseudo-headers), the body as text when it is
+/// UTF-8 (else as bytes), addresses and principals as the peers'.
+fn attributes(f: &RequestFacts) -> AttributeContext {
+    let mut headers: HashMap<String, String> = HashMap::with_capacity(f.headers.len() + 4);
+    for (name, value) in f.headers {
+        let value = String::from_utf8_lossy(value.as_bytes());
+        headers
+            .entry(name.as_str().to_string())
+            .and_modify(|existing| {
+                existing.push(',');
+                existing.push_str(&value);
+            })
+            .or_insert_with(|| value.into_owned());
     }
-    Value::Object(out)
-}
-
-/// The JSON-decoded body when the request says it is JSON and it parses.
-fn parsed_body(f: &RequestFacts) -> Option<Value> {
-    let body = f.body.filter(|b| !b.is_empty())?;
-    let content_type = f.headers.get(http::header::CONTENT_TYPE)?.to_str().ok()?;
-    let mime = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    if mime == "application/json" || mime.ends_with("+json") {
-        serde_json::from_slice(body).ok()
-    } else {
-        None
+    for (k, v) in [
+        (":method", f.method),
+        (":path", f.path),
+        (":authority", f.host),
+        (":scheme", f.scheme),
+    ] {
+        headers.insert(k.to_string(), v.to_string());
     }
-}
-
-/// Percent-decodes; invalid escapes are kept literally, invalid UTF-8 is
-/// replaced (policies compare strings, they never see raw bytes).
-fn percent_decode(s: &str, plus_is_space: bool) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => match (hex_val(bytes.get(i + 1)), hex_val(bytes.get(i + 2))) {
-                (Some(h), Some(l)) => {
-                    out.push((h << 4) | l);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' if plus_is_space => out.push(b' '),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex_val(b: Option<&u8>) -> Option<u8> {
-    match b? {
-        b @ b'0'..=b'9' => Some(b - b'0'),
-        b @ b'a'..=b'f' => Some(b - b'a' + 10),
-        b @ b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
-/// Now as an RFC 3339 UTC timestamp with nanoseconds (protojson `Timestamp`).
-fn rfc3339_now() -> String {
+    let (body, raw_body) = match f.body.map(std::str::from_utf8) {
+        Some(Ok(text)) => (text.to_string(), Vec::new()),
+        Some(Err(_)) => (String::new(), f.body.unwrap_or_default().to_vec()),
+        None => (String::new(), Vec::new()),
+    };
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
-    rfc3339(now.as_secs(), now.subsec_nanos())
+    AttributeContext {
+        source: Some(peer(f.source_address, f.source_principal)),
+        destination: Some(peer(f.destination_address, f.destination_principal)),
+        request: Some(attribute_context::Request {
+            time: Some(Timestamp {
+                seconds: i64::try_from(now.as_secs()).unwrap_or(i64::MAX),
+                nanos: i32::try_from(now.subsec_nanos()).unwrap_or(0),
+            }),
+            http: Some(attribute_context::HttpRequest {
+                id: f.request_id.to_string(),
+                method: f.method.to_string(),
+                headers,
+                path: f.path.to_string(),
+                host: f.host.to_string(),
+                scheme: f.scheme.to_string(),
+                size: f
+                    .body
+                    .map_or(0, |b| i64::try_from(b.len()).unwrap_or(i64::MAX)),
+                protocol: f.protocol.to_string(),
+                body,
+                raw_body,
+                ..Default::default()
+            }),
+        }),
+        ..Default::default()
+    }
 }
 
-fn rfc3339(secs: u64, nanos: u32) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        rem / 3600,
-        (rem / 60) % 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 → (year, month, day), proleptic Gregorian
-/// (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
+fn peer(address: Option<SocketAddr>, principal: Option<&str>) -> attribute_context::Peer {
+    attribute_context::Peer {
+        address: address.map(|a| Address {
+            address: Some(address::Address::SocketAddress(SocketAddress {
+                address: a.ip().to_string(),
+                port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(
+                    a.port(),
+                ))),
+                ..Default::default()
+            })),
+        }),
+        principal: principal.unwrap_or_default().to_string(),
+        ..Default::default()
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn facts<'a>(headers: &'a http::HeaderMap, body: Option<&'a [u8]>) -> RequestFacts<'a> {
         RequestFacts {
-            direction: Direction::Inbound,
+            checkpoint: Direction::Inbound.into(),
             method: "POST",
             path: "/say-hello/a%20b?x=1&x=2&name=J%C3%BCrgen+K&flag",
+            raw_path: "/x/../say-hello/a%20b?x=1&x=2&name=J%C3%BCrgen+K&flag",
             host: "hello-skill",
             scheme: "https",
             protocol: "HTTP/2",
@@ -345,7 +245,7 @@ mod tests {
             spiffe_id: "spiffe://example.org/service/hello-skill",
             metadata: &meta,
         });
-        let input = build_input(&f);
+        let input = build_input(&f).unwrap();
 
         let http = &input["attributes"]["request"]["http"];
         assert_eq!(http["method"], "POST");
@@ -354,6 +254,7 @@ mod tests {
         assert_eq!(http["headers"]["x-multi"], "a,b");
         assert_eq!(http["headers"]["content-type"], "application/json");
         assert_eq!(http["headers"][":authority"], "hello-skill");
+        assert_eq!(http["body"], r#"{"name":"Ada"}"#);
         assert_eq!(http["size"], 14);
         assert_eq!(
             input["attributes"]["source"]["address"]["socketAddress"],
@@ -363,12 +264,17 @@ mod tests {
             input["attributes"]["source"]["principal"],
             "spiffe://example.org/agent/support-triage"
         );
+        assert_eq!(
+            input["source_principal"],
+            "spiffe://example.org/agent/support-triage"
+        );
         assert!(input["attributes"]["destination"].get("address").is_none());
+        // Like the plugin: a Timestamp message, not an RFC 3339 string.
         assert!(
-            input["attributes"]["request"]["time"]
-                .as_str()
+            input["attributes"]["request"]["time"]["seconds"]
+                .as_i64()
                 .unwrap()
-                .ends_with('Z')
+                > 1_700_000_000
         );
         assert_eq!(input["parsed_path"], json!(["say-hello", "a b"]));
         assert_eq!(
@@ -382,6 +288,10 @@ mod tests {
             json!({"encoding": "protojson", "ext_authz": "v3"})
         );
         assert_eq!(input["meshward"]["direction"], "inbound");
+        assert_eq!(
+            input["meshward"]["raw_path"],
+            "/x/../say-hello/a%20b?x=1&x=2&name=J%C3%BCrgen+K&flag"
+        );
         assert_eq!(input["meshward"]["caller"]["name"], "support-triage");
         assert_eq!(
             input["meshward"]["caller"]["attributes"]["team"],
@@ -402,43 +312,31 @@ mod tests {
         let headers = http::HeaderMap::new();
         let mut f = facts(&headers, Some(b"not json"));
         f.path = "/";
-        f.direction = Direction::Inbound;
-        let input = build_input(&f);
+        f.checkpoint = Direction::Inbound.into();
+        let input = build_input(&f).unwrap();
         assert_eq!(input["parsed_path"], json!([""]));
         assert_eq!(input["parsed_query"], json!({}));
-        assert!(input.get("parsed_body").is_none());
+        assert_eq!(input["parsed_body"], Value::Null);
         assert_eq!(input["meshward"]["direction"], "inbound");
         assert_eq!(input["meshward"]["caller"], Value::Null);
         assert_eq!(input["meshward"]["service"], Value::Null);
     }
 
     #[test]
-    fn json_body_needs_json_content_type() {
+    fn a_body_that_is_not_utf8_travels_as_bytes() {
         let mut headers = http::HeaderMap::new();
-        headers.insert("content-type", "text/plain".parse().unwrap());
-        let input = build_input(&facts(&headers, Some(b"{}")));
-        assert!(input.get("parsed_body").is_none());
-        headers.insert(
-            "content-type",
-            "application/vnd.api+json; charset=utf-8".parse().unwrap(),
-        );
-        let input = build_input(&facts(&headers, Some(b"{}")));
-        assert_eq!(input["parsed_body"], json!({}));
+        headers.insert("content-type", "application/octet-stream".parse().unwrap());
+        let input = build_input(&facts(&headers, Some(b"\xff\x00"))).unwrap();
+        let http = &input["attributes"]["request"]["http"];
+        assert!(http.get("body").is_none());
+        assert_eq!(http["rawBody"], "/wA=");
     }
 
     #[test]
-    fn percent_decoding() {
-        assert_eq!(percent_decode("a%2Fb", false), "a/b");
-        assert_eq!(percent_decode("a+b", false), "a+b");
-        assert_eq!(percent_decode("a+b", true), "a b");
-        assert_eq!(percent_decode("100%", false), "100%");
-        assert_eq!(percent_decode("%zz%4", false), "%zz%4");
-    }
-
-    #[test]
-    fn timestamps() {
-        assert_eq!(rfc3339(0, 0), "1970-01-01T00:00:00.000000000Z");
-        assert_eq!(rfc3339(951_782_400, 5), "2000-02-29T00:00:00.000000005Z");
-        assert_eq!(rfc3339(1_735_689_599, 0), "2024-12-31T23:59:59.000000000Z");
+    fn a_query_go_cannot_parse_has_no_input() {
+        let headers = http::HeaderMap::new();
+        let mut f = facts(&headers, None);
+        f.path = "/a?x=1;y=2";
+        assert_eq!(build_input(&f), Err(InputError::Semicolon));
     }
 }

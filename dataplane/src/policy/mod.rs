@@ -19,15 +19,18 @@
 //!   fails closed.
 
 pub mod decision;
+pub mod document;
 pub mod engine;
 pub mod input;
+pub mod protomap;
 
 #[cfg(test)]
 mod rego_tests;
 
 pub use decision::Decision;
+pub use document::{InputError, MeshFacts, document};
 pub use engine::CompiledPolicy;
-pub use input::{CallerFacts, Direction, RequestFacts, ServiceFacts, build_input};
+pub use input::{CallerFacts, Checkpoint, Direction, RequestFacts, ServiceFacts, build_input};
 
 /// Why a bundle could not be compiled or a decision could not be made.
 ///

@@ -249,9 +249,10 @@ fn decide(
         "application/json".parse().unwrap(),
     );
     let facts = RequestFacts {
-        direction: Direction::Inbound,
+        checkpoint: Direction::Inbound.into(),
         method,
         path,
+        raw_path: path,
         host: svc.name,
         scheme: "https",
         protocol: "HTTP/1.1",
@@ -275,7 +276,7 @@ fn decide(
         }),
     };
     policy
-        .evaluate(&build_input(&facts))
+        .evaluate(&build_input(&facts).expect("input"))
         .unwrap_or_else(|e| panic!("evaluation failed: {e}"))
 }
 

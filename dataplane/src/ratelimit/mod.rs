@@ -42,6 +42,19 @@ const INLINE_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 pub use meshward_contract::spec::RateLimitSettings;
 
+/// Which budget a limit is: the caller's own, or the caller's at one
+/// service. They are kept apart so that a dataplane enforcing both (an
+/// ext_authz backend that also answers rate-limit descriptors) never mixes
+/// an agent's egress budget with its budget at a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The agent's own limit (its sidecar's outbound side), keyed by its
+    /// identity, or by identity and destination with `per_destination`.
+    Egress,
+    /// A service's `per_caller_limits`: always keyed by (caller, service).
+    Ingress,
+}
+
 /// Why a request was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RateLimitError {
@@ -135,16 +148,18 @@ impl RateLimiter {
     /// requests in flight keep counting against the cap.
     pub fn check(
         &self,
+        scope: Scope,
         identity: Option<&str>,
         destination: &str,
         settings: &RateLimitSettings,
     ) -> Result<Permit, RateLimitError> {
-        self.take(identity, destination, settings, true)
+        self.take(scope, identity, destination, settings, true)
     }
 
     /// One token of the bucket and, when `hold_slot`, one concurrency slot.
     fn take(
         &self,
+        scope: Scope,
         identity: Option<&str>,
         destination: &str,
         settings: &RateLimitSettings,
@@ -157,10 +172,12 @@ impl RateLimiter {
             return Ok(Permit { inflight: None });
         }
         let now = self.clock.now();
-        let key = if settings.per_destination {
-            format!("{identity}\n{destination}")
-        } else {
-            identity.to_string()
+        // SPIFFE IDs and service names hold no newline, so keys of the two
+        // scopes never meet.
+        let key = match scope {
+            Scope::Ingress => format!("ingress\n{identity}\n{destination}"),
+            Scope::Egress if settings.per_destination => format!("{identity}\n{destination}"),
+            Scope::Egress => identity.to_string(),
         };
         if self.keys.len() >= self.max_keys && !self.keys.contains_key(&key) {
             self.inline_sweep(now);
@@ -215,6 +232,7 @@ impl RateLimiter {
     /// settings do not count denials or set no rate.
     pub fn charge(
         &self,
+        scope: Scope,
         identity: &str,
         destination: &str,
         settings: &RateLimitSettings,
@@ -222,7 +240,7 @@ impl RateLimiter {
         if !settings.count_denied || !settings.rate_limited() {
             return Ok(());
         }
-        self.take(Some(identity), destination, settings, false)
+        self.take(scope, Some(identity), destination, settings, false)
             .map(drop)
     }
 
@@ -294,9 +312,12 @@ mod tests {
         let (_clock, l) = limiter();
         let s = rate(5.0, 10);
         for i in 0..10 {
-            assert!(l.check(Some(ALICE), "svc", &s).is_ok(), "request {i}");
+            assert!(
+                l.check(Scope::Egress, Some(ALICE), "svc", &s).is_ok(),
+                "request {i}"
+            );
         }
-        match l.check(Some(ALICE), "svc", &s) {
+        match l.check(Scope::Egress, Some(ALICE), "svc", &s) {
             Err(RateLimitError::RateExceeded { retry_after }) => {
                 assert!(retry_after > Duration::ZERO);
                 assert!(retry_after <= Duration::from_millis(200), "{retry_after:?}");
@@ -304,7 +325,7 @@ mod tests {
             other => panic!("expected RateExceeded, got {other:?}"),
         }
         // Another identity has its own bucket.
-        assert!(l.check(Some(BOB), "svc", &s).is_ok());
+        assert!(l.check(Scope::Egress, Some(BOB), "svc", &s).is_ok());
     }
 
     #[test]
@@ -315,18 +336,24 @@ mod tests {
             ..rate(5.0, 4)
         };
         // A held slot does not block charging, and charging holds no slot.
-        let held = l.check(Some(ALICE), "svc", &s).expect("first request");
+        let held = l
+            .check(Scope::Egress, Some(ALICE), "svc", &s)
+            .expect("first request");
         for i in 0..3 {
-            assert_eq!(l.charge(ALICE, "svc", &s), Ok(()), "denial {i}");
+            assert_eq!(
+                l.charge(Scope::Egress, ALICE, "svc", &s),
+                Ok(()),
+                "denial {i}"
+            );
         }
         assert!(matches!(
-            l.charge(ALICE, "svc", &s),
+            l.charge(Scope::Egress, ALICE, "svc", &s),
             Err(RateLimitError::RateExceeded { .. })
         ));
         drop(held);
         // Alternating admitted and denied requests never refills the bucket.
         assert!(matches!(
-            l.check(Some(ALICE), "svc", &s),
+            l.check(Scope::Egress, Some(ALICE), "svc", &s),
             Err(RateLimitError::RateExceeded { .. })
         ));
         // Opted out: denials are free.
@@ -334,33 +361,39 @@ mod tests {
             count_denied: false,
             ..s
         };
-        assert_eq!(l.charge(BOB, "svc", &free), Ok(()));
+        assert_eq!(l.charge(Scope::Egress, BOB, "svc", &free), Ok(()));
         for _ in 0..10 {
-            assert_eq!(l.charge(BOB, "svc", &free), Ok(()));
+            assert_eq!(l.charge(Scope::Egress, BOB, "svc", &free), Ok(()));
         }
-        assert!(l.check(Some(BOB), "svc", &free).is_ok());
+        assert!(l.check(Scope::Egress, Some(BOB), "svc", &free).is_ok());
     }
 
     #[test]
     fn refills_over_time() {
         let (clock, l) = limiter();
         let s = rate(5.0, 2);
-        assert!(l.check(Some(ALICE), "svc", &s).is_ok());
-        assert!(l.check(Some(ALICE), "svc", &s).is_ok());
-        let retry = match l.check(Some(ALICE), "svc", &s) {
+        assert!(l.check(Scope::Egress, Some(ALICE), "svc", &s).is_ok());
+        assert!(l.check(Scope::Egress, Some(ALICE), "svc", &s).is_ok());
+        let retry = match l.check(Scope::Egress, Some(ALICE), "svc", &s) {
             Err(RateLimitError::RateExceeded { retry_after }) => retry_after,
             other => panic!("{other:?}"),
         };
         clock.advance(retry - Duration::from_millis(1));
-        assert!(l.check(Some(ALICE), "svc", &s).is_err(), "not yet");
+        assert!(
+            l.check(Scope::Egress, Some(ALICE), "svc", &s).is_err(),
+            "not yet"
+        );
         clock.advance(Duration::from_millis(1));
-        assert!(l.check(Some(ALICE), "svc", &s).is_ok(), "one token back");
-        assert!(l.check(Some(ALICE), "svc", &s).is_err());
+        assert!(
+            l.check(Scope::Egress, Some(ALICE), "svc", &s).is_ok(),
+            "one token back"
+        );
+        assert!(l.check(Scope::Egress, Some(ALICE), "svc", &s).is_err());
         // A long pause refills the burst, never more.
         clock.advance(Duration::from_secs(60));
-        assert!(l.check(Some(ALICE), "svc", &s).is_ok());
-        assert!(l.check(Some(ALICE), "svc", &s).is_ok());
-        assert!(l.check(Some(ALICE), "svc", &s).is_err());
+        assert!(l.check(Scope::Egress, Some(ALICE), "svc", &s).is_ok());
+        assert!(l.check(Scope::Egress, Some(ALICE), "svc", &s).is_ok());
+        assert!(l.check(Scope::Egress, Some(ALICE), "svc", &s).is_err());
     }
 
     #[test]
@@ -370,17 +403,17 @@ mod tests {
             max_concurrent: 2,
             ..Default::default()
         };
-        let a = l.check(Some(ALICE), "svc", &s).unwrap();
-        let b = l.check(Some(ALICE), "svc", &s).unwrap();
+        let a = l.check(Scope::Egress, Some(ALICE), "svc", &s).unwrap();
+        let b = l.check(Scope::Egress, Some(ALICE), "svc", &s).unwrap();
         assert_eq!(
-            l.check(Some(ALICE), "svc", &s).unwrap_err(),
+            l.check(Scope::Egress, Some(ALICE), "svc", &s).unwrap_err(),
             RateLimitError::TooManyConcurrent { limit: 2 }
         );
-        assert!(l.check(Some(BOB), "svc", &s).is_ok());
+        assert!(l.check(Scope::Egress, Some(BOB), "svc", &s).is_ok());
         drop(a);
-        let c = l.check(Some(ALICE), "svc", &s).unwrap();
+        let c = l.check(Scope::Egress, Some(ALICE), "svc", &s).unwrap();
         drop((b, c));
-        assert!(l.check(Some(ALICE), "svc", &s).is_ok());
+        assert!(l.check(Scope::Egress, Some(ALICE), "svc", &s).is_ok());
     }
 
     #[test]
@@ -393,15 +426,18 @@ mod tests {
             per_destination: false,
             count_denied: true,
         };
-        let held = l.check(Some(ALICE), "svc", &s).unwrap();
+        let held = l.check(Scope::Egress, Some(ALICE), "svc", &s).unwrap();
         for _ in 0..5 {
             assert!(matches!(
-                l.check(Some(ALICE), "svc", &s),
+                l.check(Scope::Egress, Some(ALICE), "svc", &s),
                 Err(RateLimitError::TooManyConcurrent { .. })
             ));
         }
         drop(held);
-        assert!(l.check(Some(ALICE), "svc", &s).is_ok(), "second token left");
+        assert!(
+            l.check(Scope::Egress, Some(ALICE), "svc", &s).is_ok(),
+            "second token left"
+        );
     }
 
     #[test]
@@ -414,13 +450,13 @@ mod tests {
             per_destination: false,
             count_denied: true,
         };
-        drop(l.check(Some(ALICE), "svc", &s).unwrap());
+        drop(l.check(Scope::Egress, Some(ALICE), "svc", &s).unwrap());
         assert!(matches!(
-            l.check(Some(ALICE), "svc", &s),
+            l.check(Scope::Egress, Some(ALICE), "svc", &s),
             Err(RateLimitError::RateExceeded { .. })
         ));
         assert!(matches!(
-            l.check(Some(ALICE), "svc", &s),
+            l.check(Scope::Egress, Some(ALICE), "svc", &s),
             Err(RateLimitError::RateExceeded { .. })
         ));
     }
@@ -430,14 +466,14 @@ mod tests {
         let (_clock, l) = limiter();
         let mut s = rate(1.0, 1);
         s.per_destination = true;
-        assert!(l.check(Some(ALICE), "a", &s).is_ok());
-        assert!(l.check(Some(ALICE), "a", &s).is_err());
-        assert!(l.check(Some(ALICE), "b", &s).is_ok());
+        assert!(l.check(Scope::Egress, Some(ALICE), "a", &s).is_ok());
+        assert!(l.check(Scope::Egress, Some(ALICE), "a", &s).is_err());
+        assert!(l.check(Scope::Egress, Some(ALICE), "b", &s).is_ok());
         s.per_destination = false;
         let s2 = s;
-        assert!(l.check(Some(ALICE), "a", &s2).is_ok());
+        assert!(l.check(Scope::Egress, Some(ALICE), "a", &s2).is_ok());
         assert!(
-            l.check(Some(ALICE), "b", &s2).is_err(),
+            l.check(Scope::Egress, Some(ALICE), "b", &s2).is_err(),
             "shared across destinations"
         );
     }
@@ -447,11 +483,11 @@ mod tests {
         let (_clock, l) = limiter();
         for s in [RateLimitSettings::default(), rate(1000.0, 1000)] {
             assert_eq!(
-                l.check(None, "svc", &s).unwrap_err(),
+                l.check(Scope::Egress, None, "svc", &s).unwrap_err(),
                 RateLimitError::NoIdentity
             );
             assert_eq!(
-                l.check(Some(""), "svc", &s).unwrap_err(),
+                l.check(Scope::Egress, Some(""), "svc", &s).unwrap_err(),
                 RateLimitError::NoIdentity
             );
         }
@@ -463,7 +499,12 @@ mod tests {
         let (_clock, l) = limiter();
         for _ in 0..1000 {
             let _ = l
-                .check(Some(ALICE), "svc", &RateLimitSettings::default())
+                .check(
+                    Scope::Egress,
+                    Some(ALICE),
+                    "svc",
+                    &RateLimitSettings::default(),
+                )
                 .unwrap();
         }
         assert!(l.is_empty());
@@ -473,13 +514,13 @@ mod tests {
     fn settings_change_takes_effect() {
         let (_clock, l) = limiter();
         let tight = rate(1.0, 1);
-        assert!(l.check(Some(ALICE), "svc", &tight).is_ok());
-        assert!(l.check(Some(ALICE), "svc", &tight).is_err());
+        assert!(l.check(Scope::Egress, Some(ALICE), "svc", &tight).is_ok());
+        assert!(l.check(Scope::Egress, Some(ALICE), "svc", &tight).is_err());
         let loose = rate(100.0, 3);
         for _ in 0..3 {
-            assert!(l.check(Some(ALICE), "svc", &loose).is_ok());
+            assert!(l.check(Scope::Egress, Some(ALICE), "svc", &loose).is_ok());
         }
-        assert!(l.check(Some(ALICE), "svc", &loose).is_err());
+        assert!(l.check(Scope::Egress, Some(ALICE), "svc", &loose).is_err());
     }
 
     #[test]
@@ -493,11 +534,16 @@ mod tests {
             count_denied: true,
         };
         let held = l
-            .check(Some("spiffe://example.org/agent/busy"), "svc", &s)
+            .check(
+                Scope::Egress,
+                Some("spiffe://example.org/agent/busy"),
+                "svc",
+                &s,
+            )
             .unwrap();
         for i in 0..100_000 {
             let id = format!("spiffe://example.org/agent/{i}");
-            drop(l.check(Some(&id), "svc", &s).unwrap());
+            drop(l.check(Scope::Egress, Some(&id), "svc", &s).unwrap());
         }
         assert_eq!(l.len(), 100_001);
         // Not idle long enough yet: nothing goes.
@@ -514,10 +560,10 @@ mod tests {
     fn eviction_never_resets_a_draining_bucket() {
         let (clock, l) = limiter();
         let s = rate(0.01, 1); // one request per 100 s
-        assert!(l.check(Some(ALICE), "svc", &s).is_ok());
+        assert!(l.check(Scope::Egress, Some(ALICE), "svc", &s).is_ok());
         clock.advance(Duration::from_secs(50));
         assert_eq!(l.evict_idle(Duration::from_secs(10)), 0);
-        assert!(l.check(Some(ALICE), "svc", &s).is_err());
+        assert!(l.check(Scope::Egress, Some(ALICE), "svc", &s).is_err());
     }
 
     #[test]
@@ -526,11 +572,14 @@ mod tests {
         let l = l.with_max_keys(100);
         let s = rate(10.0, 1);
         for i in 0..100 {
-            drop(l.check(Some(&format!("id-{i}")), "svc", &s).unwrap());
+            drop(
+                l.check(Scope::Egress, Some(&format!("id-{i}")), "svc", &s)
+                    .unwrap(),
+            );
         }
         assert_eq!(l.len(), 100);
         clock.advance(Duration::from_secs(1));
-        assert!(l.check(Some("newcomer"), "svc", &s).is_ok());
+        assert!(l.check(Scope::Egress, Some("newcomer"), "svc", &s).is_ok());
         assert_eq!(l.len(), 1);
     }
 }

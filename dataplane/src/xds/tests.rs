@@ -53,6 +53,7 @@ fn mesh() -> Mesh {
         backend: None,
     };
     Mesh {
+        authorizers: Vec::new(),
         source: PathBuf::from("mesh.yaml"),
         trust_domain: "example.org".into(),
         listeners: Default::default(),

@@ -1,0 +1,248 @@
+//! Envoy's ext_authz v3 `Check`, answered by the sidecar's own stages.
+//!
+//! Existing Envoy, Istio and Envoy Gateway meshes point their `ext_authz`
+//! filter here and get the mesh's policy, per-caller limits and breakers
+//! with nothing else changed. A check runs what a service's inbound sidecar
+//! runs, minus the forwarding:
+//!
+//! 1. fail closed without a usable SVID or a warm config;
+//! 2. the caller: `attributes.source.principal`, or a trusted front proxy's
+//!    `x-forwarded-client-cert` ([`caller`]); exactly one SPIFFE ID in the
+//!    trust domain, or denied;
+//! 3. the service: a `context_extensions` key, this listener's setting, or
+//!    the `:authority` ([`ExtAuthzSettings`]);
+//! 4. the path, canonicalized under the service's rules (the policy judges
+//!    the canonical path; the raw one stays in `input.meshward.raw_path`);
+//! 5. the policy, on opa-envoy-plugin's input document (built by
+//!    [`crate::policy::document`], as for the sidecar) and decision
+//!    ([`response`]), through the sidecar's own judge;
+//! 6. the caller's limit at that service and its breaker.
+//!
+//! Every answer sets `status` (Envoy treats an unset one as OK) and carries
+//! the decision id in `dynamic_metadata` and the decision log line.
+
+mod caller;
+mod response;
+
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
+    Authorization, AuthorizationServer,
+};
+use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+use tonic::{Request, Response, Status};
+
+pub use caller::CallerError;
+
+use crate::canonical;
+use crate::pipeline::authorize::judge;
+use crate::pipeline::identify::Identity;
+use crate::pipeline::refusal::{BadRequest, Denial, NotReady, Refusal};
+use crate::pipeline::{admit, headers};
+use crate::policy::{CallerFacts, Checkpoint, Decision, MeshFacts, ServiceFacts, document};
+use crate::proxy::Shared;
+use crate::state::{MeshState, PathRules, Upstream};
+
+/// The `context_extensions` key that names the destination service (set it
+/// per route or virtual host in Envoy's `ext_authz` per-route config).
+pub const SERVICE_CONTEXT_KEY: &str = "meshward_service";
+
+/// How one ext_authz listener reads its checks.
+#[derive(Debug, Clone, Default)]
+pub struct ExtAuthzSettings {
+    /// Front proxies (by SPIFFE ID) whose `x-forwarded-client-cert` names
+    /// the caller. Empty: the principal Envoy verified is always the caller.
+    pub trusted_proxies: Vec<String>,
+    /// The destination service when neither the check's context extension
+    /// nor its `:authority` names one (an Envoy in front of one service).
+    pub service: Option<String>,
+    /// Log the real decision, then allow.
+    pub dry_run: bool,
+    /// Allow when the policy fails to evaluate (default: deny).
+    pub allow_on_policy_error: bool,
+}
+
+/// The tonic service: one per listener, sharing the dataplane's state,
+/// limiter and breakers with its sidecar listeners.
+#[derive(Clone)]
+pub struct ExtAuthz {
+    shared: Arc<Shared>,
+    settings: Arc<ExtAuthzSettings>,
+}
+
+impl ExtAuthz {
+    pub fn new(shared: Arc<Shared>, settings: ExtAuthzSettings) -> Self {
+        Self {
+            shared,
+            settings: Arc::new(settings),
+        }
+    }
+
+    pub fn into_service(self) -> AuthorizationServer<Self> {
+        AuthorizationServer::new(self)
+    }
+
+    /// The decision for one check: allowed with the policy's decision, or
+    /// a refusal. `decision_id` names it in the logs.
+    fn decide(&self, attributes: &AttributeContext, request_id: &str) -> Result<Decision, Refusal> {
+        let own = self.shared.own_spiffe_id().map_err(NotReady::Identity)?;
+        let state = self.shared.current_state().ok_or(NotReady::NoConfig)?;
+        let trust_domain = own
+            .strip_prefix("spiffe://")
+            .and_then(|r| r.split('/').next())
+            .unwrap_or_default()
+            .to_string();
+        let caller_id = caller::caller(attributes, &self.settings.trusted_proxies, &trust_domain)
+            .map_err(|e| Refusal::Forbidden(Denial::plain(e.to_string())))?;
+        let http = attributes.request.as_ref().and_then(|r| r.http.as_ref());
+        let upstream = self.service(attributes, &state);
+        let raw_path = http.map_or("", |h| h.path.as_str());
+        let rules = upstream
+            .as_ref()
+            .map_or_else(PathRules::default, |u| u.service.paths);
+        let path = canonical::canonicalize(raw_path, rules)
+            .map_err(|error| {
+                Refusal::BadRequest(BadRequest::Path {
+                    path: raw_path.to_string(),
+                    error,
+                })
+            })?
+            .into_string();
+        let identity = Identity {
+            caller: state.agents.get(&caller_id).cloned(),
+            state,
+            own_spiffe_id: own,
+            caller_id,
+            own_service: upstream.clone(),
+        };
+        let doc = input(attributes, &path, raw_path, &identity, upstream.as_deref())?;
+        let decision = match judge(
+            &identity,
+            upstream.as_deref(),
+            Checkpoint::ExtAuthz,
+            &doc,
+            &self.shared.limiter,
+        ) {
+            Err(Refusal::PolicyError(e)) if self.settings.allow_on_policy_error => {
+                tracing::warn!(dataplane = %self.shared.name, request_id,
+                    "ext_authz: policy error, allowed by configuration: {e}");
+                return Ok(Decision::allow());
+            }
+            other => other?,
+        };
+        if let Some(upstream) = &upstream {
+            let admitted = admit::admit(
+                &self.shared.limiter,
+                &self.shared.breakers,
+                Checkpoint::ExtAuthz,
+                &identity,
+                upstream,
+            )?;
+            // ext_authz never sees the upstream's answer: the breaker is
+            // consulted (an open one refuses above) but hears no outcome,
+            // and the concurrency slot ends with the check.
+            admitted.breaker.abandon();
+            drop(admitted.permit);
+        }
+        Ok(decision)
+    }
+
+    /// The destination service: the check's context extension, else this
+    /// listener's setting, else the `:authority` (`svc`, `svc:port`,
+    /// `svc.anything`). `None` when it names no service the mesh knows;
+    /// the policy then sees `input.meshward.service: null`.
+    fn service(&self, attributes: &AttributeContext, state: &MeshState) -> Option<Arc<Upstream>> {
+        let host = attributes
+            .request
+            .as_ref()
+            .and_then(|r| r.http.as_ref())
+            .map(|h| h.host.as_str());
+        let name = attributes
+            .context_extensions
+            .get(SERVICE_CONTEXT_KEY)
+            .map(String::as_str)
+            .or(self.settings.service.as_deref())
+            .or_else(|| host.and_then(crate::route::service_of_host))?;
+        state.clusters.get(name).cloned()
+    }
+}
+
+/// The input document: the check's attributes with the canonical path in
+/// place of the one Envoy sent (kept as `input.meshward.raw_path`).
+fn input(
+    attributes: &AttributeContext,
+    path: &str,
+    raw_path: &str,
+    identity: &Identity,
+    upstream: Option<&Upstream>,
+) -> Result<serde_json::Value, Refusal> {
+    let mut canonical = attributes.clone();
+    if let Some(http) = canonical.request.as_mut().and_then(|r| r.http.as_mut()) {
+        http.path = path.to_string();
+    }
+    let caller = identity.caller.as_deref().map(|c| CallerFacts {
+        spiffe_id: &c.spiffe_id,
+        name: &c.name,
+        attributes: &c.attributes,
+        permissions: &c.permissions,
+    });
+    let service = upstream.map(|u| ServiceFacts {
+        name: &u.service.name,
+        spiffe_id: &u.service.spiffe_id,
+        metadata: &u.service.metadata,
+    });
+    let mesh = MeshFacts {
+        checkpoint: Checkpoint::ExtAuthz,
+        caller,
+        service,
+        raw_path,
+    };
+    document(&canonical, &mesh).map_err(|e| Refusal::BadRequest(BadRequest::Input(e)))
+}
+
+#[tonic::async_trait]
+impl Authorization for ExtAuthz {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        let check = request.into_inner();
+        let attributes = check.attributes.unwrap_or_default();
+        let request_id = attributes
+            .request
+            .as_ref()
+            .and_then(|r| r.http.as_ref())
+            .and_then(|h| h.headers.get("x-request-id").or(Some(&h.id)))
+            .filter(|id| !id.is_empty())
+            .cloned()
+            .unwrap_or_else(headers::new_request_id);
+        let decision_id = uuid::Uuid::new_v4().to_string();
+        let outcome = self.decide(&attributes, &request_id);
+        let kind = match &outcome {
+            Ok(_) => "allowed",
+            Err(refusal) => refusal.kind(),
+        };
+        match &outcome {
+            Ok(_) => {
+                tracing::debug!(dataplane = %self.shared.name, request_id, decision_id, "ext_authz: allowed")
+            }
+            Err(refusal) => tracing::info!(dataplane = %self.shared.name, request_id, decision_id,
+                outcome = kind, dry_run = self.settings.dry_run, "ext_authz: refused: {refusal}"),
+        }
+        metrics::counter!(
+            "meshward_ext_authz_checks_total",
+            "dataplane" => self.shared.name.clone(),
+            "outcome" => kind,
+        )
+        .increment(1);
+        let outcome = match outcome {
+            Err(_) if self.settings.dry_run => Ok(Decision::allow()),
+            other => other,
+        };
+        Ok(Response::new(response::render(
+            outcome,
+            &request_id,
+            &decision_id,
+        )))
+    }
+}

@@ -1,0 +1,356 @@
+//! The input document, assembled from a `CheckRequest`'s attributes exactly
+//! as opa-envoy-plugin v1.15 does (`envoyauth/request.go`), plus
+//! `input.meshward`.
+//!
+//! Both the sidecar (which first describes its request as attributes, see
+//! [`super::input`]) and the ext_authz server come through here, so a policy
+//! sees one shape however the request arrived. What the plugin derives, and
+//! how (its code, not its documentation, is the contract):
+//!
+//! - `parsed_path`: the path before `?`, percent-decoded as Go's
+//!   `url.PathUnescape` does (`+` stays), leading slashes trimmed, split on
+//!   `/`. An invalid escape refuses the request.
+//! - `parsed_query`: Go's `url.ParseQuery` of what follows `?`: `+` is a
+//!   space, a pair holding `;` or an invalid escape refuses the request.
+//! - `parsed_body` (always present, `null` when nothing was parsed) and
+//!   `truncated_body`: JSON when the content type *contains*
+//!   `application/json` (so `+json` types are not parsed), form fields for
+//!   `application/x-www-form-urlencoded`; the body is `body`, else
+//!   `raw_body`. A `content-length` larger than the body, or
+//!   `x-envoy-auth-partial-body: true`, means truncated (nothing parsed); a
+//!   malformed length, JSON or form body refuses the request.
+//! - `source_principal`: the caller's principal, when there is one.
+//! - `version`: `{"ext_authz": "v3", "encoding": "protojson"}`.
+//!
+//! A refusal is a 400 whose body is the plugin's
+//! (`request_parse_error: <reason>`).
+
+use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
+use serde_json::{Map, Value, json};
+
+use super::input::{CallerFacts, Checkpoint, ServiceFacts};
+use super::protomap;
+
+/// What only the mesh knows about a request: `input.meshward`.
+#[derive(Debug, Clone, Copy)]
+pub struct MeshFacts<'a> {
+    pub checkpoint: Checkpoint,
+    pub caller: Option<CallerFacts<'a>>,
+    pub service: Option<ServiceFacts<'a>>,
+    /// The path as it arrived, before canonicalization (the attributes hold
+    /// the canonical one, which the policy judges).
+    pub raw_path: &'a str,
+}
+
+/// Why a request has no input document. The texts are Go's, so the 400 a
+/// client gets reads as the plugin's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InputError {
+    #[error("invalid URL escape {0:?}")]
+    Escape(String),
+    #[error("invalid semicolon separator in query")]
+    Semicolon,
+    #[error("strconv.ParseInt: parsing {0:?}: invalid syntax")]
+    ContentLength(String),
+    #[error("{0}")]
+    Json(String),
+}
+
+impl InputError {
+    /// The denied response's body, as the plugin writes it.
+    pub fn body(&self) -> String {
+        format!("request_parse_error: {self}")
+    }
+}
+
+/// The input document for `attributes`.
+pub fn document(attributes: &AttributeContext, mesh: &MeshFacts) -> Result<Value, InputError> {
+    let http = attributes.request.as_ref().and_then(|r| r.http.as_ref());
+    let path = http.map_or("", |h| h.path.as_str());
+    let (raw_path, raw_query) = path.split_once('?').unwrap_or((path, ""));
+    let parsed_path: Vec<Value> = unescape(raw_path, false)?
+        .trim_start_matches('/')
+        .split('/')
+        .map(|s| Value::String(s.to_string()))
+        .collect();
+    let parsed_query = parse_query(raw_query)?;
+    let (parsed_body, truncated) = match http {
+        Some(h) => parsed_body(&h.headers, &h.body, &h.raw_body)?,
+        None => (Value::Null, false),
+    };
+
+    let mut input = Map::new();
+    input.insert("attributes".into(), protomap::attributes(attributes));
+    input.insert(
+        "version".into(),
+        json!({"ext_authz": "v3", "encoding": "protojson"}),
+    );
+    input.insert("parsed_path".into(), Value::Array(parsed_path));
+    input.insert("parsed_query".into(), query_object(parsed_query));
+    input.insert("parsed_body".into(), parsed_body);
+    input.insert("truncated_body".into(), Value::Bool(truncated));
+    if let Some(p) = attributes
+        .source
+        .as_ref()
+        .map(|s| &s.principal)
+        .filter(|p| !p.is_empty())
+    {
+        input.insert("source_principal".into(), Value::String(p.clone()));
+    }
+    input.insert("meshward".into(), meshward(mesh));
+    Ok(Value::Object(input))
+}
+
+fn meshward(m: &MeshFacts) -> Value {
+    json!({
+        "direction": m.checkpoint.as_str(),
+        "raw_path": m.raw_path,
+        "caller": m.caller.map(|c| json!({
+            "spiffe_id": c.spiffe_id,
+            "name": c.name,
+            "attributes": c.attributes,
+            "permissions": c.permissions,
+        })),
+        "service": m.service.map(|s| json!({
+            "name": s.name,
+            "spiffe_id": s.spiffe_id,
+            "metadata": s.metadata,
+        })),
+    })
+}
+
+/// `parsed_body` and `truncated_body`.
+fn parsed_body(
+    headers: &std::collections::HashMap<String, String>,
+    body: &str,
+    raw_body: &[u8],
+) -> Result<(Value, bool), InputError> {
+    if headers
+        .get("x-envoy-auth-partial-body")
+        .is_some_and(|v| v == "true")
+    {
+        return Ok((Value::Null, true));
+    }
+    let Some(content_type) = headers.get("content-type") else {
+        return Ok((Value::Null, false));
+    };
+    let json = content_type.contains("application/json");
+    let form = !json
+        && !content_type.contains("application/grpc")
+        && content_type.contains("application/x-www-form-urlencoded");
+    if !json && !form {
+        // gRPC needs descriptor sets (not configured, as in the plugin
+        // without `proto-descriptor`); multipart is not parsed.
+        return Ok((Value::Null, false));
+    }
+    let payload: &[u8] = if !body.is_empty() {
+        body.as_bytes()
+    } else if !raw_body.is_empty() {
+        raw_body
+    } else {
+        return Ok((Value::Null, false));
+    };
+    if let Some(length) = headers.get("content-length") {
+        let declared: i64 = length
+            .parse()
+            .map_err(|_| InputError::ContentLength(length.clone()))?;
+        if declared != -1 && declared > payload.len() as i64 {
+            return Ok((Value::Null, true));
+        }
+    }
+    if json {
+        let value = serde_json::from_slice(payload).map_err(|e| InputError::Json(e.to_string()))?;
+        Ok((value, false))
+    } else {
+        let text = String::from_utf8_lossy(payload);
+        Ok((query_object(parse_query(&text)?), false))
+    }
+}
+
+/// Go's `url.ParseQuery`, failing where it reports an error: pairs split on
+/// `&`, a pair holding `;` or an invalid escape is an error, empty pairs
+/// are skipped, `+` is a space. Keys keep their first-seen order.
+fn parse_query(query: &str) -> Result<Vec<(String, Vec<String>)>, InputError> {
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for pair in query.split('&') {
+        if pair.contains(';') {
+            return Err(InputError::Semicolon);
+        }
+        if pair.is_empty() {
+            continue;
+        }
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let (k, v) = (unescape(k, true)?, unescape(v, true)?);
+        match out.iter_mut().find(|(key, _)| *key == k) {
+            Some((_, values)) => values.push(v),
+            None => out.push((k, vec![v])),
+        }
+    }
+    Ok(out)
+}
+
+fn query_object(pairs: Vec<(String, Vec<String>)>) -> Value {
+    Value::Object(
+        pairs
+            .into_iter()
+            .map(|(k, vs)| (k, Value::Array(vs.into_iter().map(Value::String).collect())))
+            .collect::<Map<_, _>>(),
+    )
+}
+
+/// Go's `unescape`: `%XX` decoded, anything else after `%` is an error
+/// naming up to three bytes from the `%`; `+` is a space only in queries.
+/// Invalid UTF-8 becomes U+FFFD, as it does when OPA prints the input.
+fn unescape(s: &str, query: bool) -> Result<String, InputError> {
+    let bytes = s.as_bytes();
+    let plus = query && bytes.contains(&b'+');
+    if !plus && !bytes.contains(&b'%') {
+        return Ok(s.to_string());
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => match (
+                bytes.get(i + 1).and_then(hex),
+                bytes.get(i + 2).and_then(hex),
+            ) {
+                (Some(h), Some(l)) => {
+                    out.push((h << 4) | l);
+                    i += 3;
+                    continue;
+                }
+                _ => {
+                    let end = (i + 3).min(bytes.len());
+                    let bad = String::from_utf8_lossy(&bytes[i..end]).into_owned();
+                    return Err(InputError::Escape(bad));
+                }
+            },
+            b'+' if query => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+fn hex(b: &u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Direction;
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+
+    fn attrs(path: &str, headers: &[(&str, &str)], body: &str) -> AttributeContext {
+        AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    path: path.into(),
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .collect(),
+                    body: body.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn doc(path: &str, headers: &[(&str, &str)], body: &str) -> Result<Value, InputError> {
+        let mesh = MeshFacts {
+            checkpoint: Checkpoint::Sidecar(Direction::Inbound),
+            caller: None,
+            service: None,
+            raw_path: path,
+        };
+        document(&attrs(path, headers, body), &mesh)
+    }
+
+    #[test]
+    fn path_and_query_follow_go() {
+        let d = doc("//a/b%20c+d/?x=1&x=2&n=J%C3%BCrgen+K&flag&&e=", &[], "").unwrap();
+        assert_eq!(d["parsed_path"], json!(["a", "b c+d", ""]));
+        assert_eq!(
+            d["parsed_query"],
+            json!({"x": ["1", "2"], "n": ["Jürgen K"], "flag": [""], "e": [""]})
+        );
+        assert_eq!(doc("/", &[], "").unwrap()["parsed_path"], json!([""]));
+        assert_eq!(doc("", &[], "").unwrap()["parsed_query"], json!({}));
+        // An escaped slash is a slash once decoded, as in the plugin.
+        assert_eq!(
+            doc("/a%2Fb", &[], "").unwrap()["parsed_path"],
+            json!(["a", "b"])
+        );
+    }
+
+    #[test]
+    fn malformed_paths_and_queries_are_refused_with_gos_words() {
+        let e = doc("/a%zzb", &[], "").unwrap_err();
+        assert_eq!(e.body(), "request_parse_error: invalid URL escape \"%zz\"");
+        assert_eq!(
+            doc("/a%4", &[], "").unwrap_err(),
+            InputError::Escape("%4".into())
+        );
+        assert_eq!(
+            doc("/?a=1;b=2", &[], "").unwrap_err(),
+            InputError::Semicolon
+        );
+        assert_eq!(
+            doc("/?a=%", &[], "").unwrap_err(),
+            InputError::Escape("%".into())
+        );
+    }
+
+    #[test]
+    fn bodies_are_parsed_by_content_type_and_truncation_is_reported() {
+        let json_ct = [("content-type", "application/json; charset=utf-8")];
+        let d = doc("/", &json_ct, r#"{"a":[1,2]}"#).unwrap();
+        assert_eq!(d["parsed_body"], json!({"a": [1, 2]}));
+        assert_eq!(d["truncated_body"], false);
+        // `+json` does not contain "application/json": not parsed.
+        let d = doc("/", &[("content-type", "application/vnd.api+json")], "{}").unwrap();
+        assert_eq!(d["parsed_body"], Value::Null);
+        let form = [("content-type", "application/x-www-form-urlencoded")];
+        let d = doc("/", &form, "a=1&b=x+y&a=2").unwrap();
+        assert_eq!(d["parsed_body"], json!({"a": ["1", "2"], "b": ["x y"]}));
+        let long = [
+            ("content-type", "application/json"),
+            ("content-length", "100"),
+        ];
+        let d = doc("/", &long, "{}").unwrap();
+        assert_eq!(
+            (d["parsed_body"].clone(), d["truncated_body"].clone()),
+            (Value::Null, json!(true))
+        );
+        let partial = [
+            ("content-type", "application/json"),
+            ("x-envoy-auth-partial-body", "true"),
+        ];
+        assert_eq!(doc("/", &partial, "{}").unwrap()["truncated_body"], true);
+        assert!(matches!(
+            doc("/", &json_ct, "{nope").unwrap_err(),
+            InputError::Json(_)
+        ));
+        let bad_len = [
+            ("content-type", "application/json"),
+            ("content-length", "x"),
+        ];
+        assert_eq!(
+            doc("/", &bad_len, "{}").unwrap_err().body(),
+            "request_parse_error: strconv.ParseInt: parsing \"x\": invalid syntax"
+        );
+        // No content type, nothing parsed; the key is still there.
+        assert_eq!(doc("/", &[], "{}").unwrap()["parsed_body"], Value::Null);
+    }
+}

@@ -1,0 +1,396 @@
+//! Real Envoy 1.40 with its `ext_authz` filter pointed at a Meshward
+//! dataplane, as an existing mesh would use Meshward: mTLS downstream
+//! clients hold different SPIFFE IDs (SVIDs from the dev identity server's
+//! CA; Envoy's own certificate and trust bundle over the dev server's SDS).
+//! The policy is the reference bundle, wrapped by a test layer that adds
+//! header mutations, a status and body of its own on denial, and a rule on
+//! the JSON body Envoy forwards (`with_request_body`).
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::envoy::{self, Envoy};
+use common::net::free_port;
+use common::{BILLING_BOT, SUPPORT_TRIAGE, TestMesh};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use meshward::UpOptions;
+use rustls::pki_types::ServerName;
+use serde_json::{Value, json};
+
+const FRONT: &str = "spiffe://example.org/gateway/front";
+const LIVE: Duration = Duration::from_secs(30);
+
+/// The test layer over the reference bundle (`data.meshward.authz`).
+const LAYER: &str = r#"package exttest
+
+base := data.meshward.authz.decision
+
+deletes if input.parsed_body.action == "delete"
+
+decision := {
+	"allowed": false,
+	"http_status": 409,
+	"body": "no deletes through the gateway",
+	"headers": {"x-denied-by": "exttest"},
+} if {
+	base.allowed
+	deletes
+} else := object.union(base, {
+	"headers": {"x-caller-team": input.meshward.caller.attributes.team},
+	"request_headers_to_remove": ["x-secret"],
+	"response_headers_to_add": {"x-decided-by": "meshward"},
+}) if {
+	base.allowed
+} else := object.union(base, {
+	"http_status": 451,
+	"body": sprintf("denied: %s", [base.reason]),
+	"headers": {"x-denied-by": "reference"},
+})
+"#;
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Envoy: one mTLS listener (client SVIDs required) whose `ext_authz`
+/// filter asks Meshward, routing to hello-skill's backend.
+fn bootstrap(sds: &Path, listen: u16, admin: &str, ext_authz: &str, backend: &str) -> Value {
+    let sds_config = json!({
+        "resource_api_version": "V3",
+        "api_config_source": {
+            "api_type": "GRPC",
+            "transport_api_version": "V3",
+            "grpc_services": [{ "envoy_grpc": { "cluster_name": "sds" } }]
+        }
+    });
+    let h2 = json!({
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": { "http2_protocol_options": {} }
+        }
+    });
+    let cluster = |name: &str, address: Value, h2: Option<&Value>| {
+        let mut c = json!({
+            "name": name,
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "load_assignment": {
+                "cluster_name": name,
+                "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": address } }] }]
+            }
+        });
+        if let Some(h2) = h2 {
+            c["typed_extension_protocol_options"] = h2.clone();
+        }
+        c
+    };
+    let socket = |hostport: &str| {
+        let (host, port) = hostport.rsplit_once(':').unwrap();
+        json!({ "socket_address": { "address": host, "port_value": port.parse::<u16>().unwrap() } })
+    };
+    let (admin_host, admin_port) = admin.rsplit_once(':').unwrap();
+    json!({
+        "node": { "id": "front", "cluster": "gateway" },
+        "admin": { "address": { "socket_address": {
+            "address": admin_host, "port_value": admin_port.parse::<u16>().unwrap() } } },
+        "static_resources": {
+            "listeners": [{
+                "name": "front",
+                "address": { "socket_address": { "address": "127.0.0.1", "port_value": listen } },
+                "filter_chains": [{
+                    "filters": [{
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                            "stat_prefix": "front",
+                            "codec_type": "AUTO",
+                            "route_config": {
+                                "virtual_hosts": [{
+                                    "name": "all",
+                                    "domains": ["*"],
+                                    "routes": [{ "match": { "prefix": "/" }, "route": { "cluster": "backend" } }]
+                                }]
+                            },
+                            "http_filters": [
+                                {
+                                    "name": "envoy.filters.http.ext_authz",
+                                    "typed_config": {
+                                        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+                                        "grpc_service": {
+                                            "envoy_grpc": { "cluster_name": "meshward_ext_authz" },
+                                            "timeout": "2s"
+                                        },
+                                        "transport_api_version": "V3",
+                                        "failure_mode_allow": false,
+                                        "with_request_body": {
+                                            "max_request_bytes": 8192,
+                                            "allow_partial_message": true
+                                        }
+                                    }
+                                },
+                                {
+                                    "name": "envoy.filters.http.router",
+                                    "typed_config": {
+                                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+                                    }
+                                }
+                            ]
+                        }
+                    }],
+                    "transport_socket": {
+                        "name": "envoy.transport_sockets.tls",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                            "require_client_certificate": true,
+                            "common_tls_context": {
+                                "alpn_protocols": ["h2", "http/1.1"],
+                                "tls_certificate_sds_secret_configs": [
+                                    { "name": "default", "sds_config": sds_config }
+                                ],
+                                "validation_context_sds_secret_config": {
+                                    "name": "spiffe://example.org",
+                                    "sds_config": sds_config
+                                }
+                            }
+                        }
+                    }
+                }]
+            }],
+            "clusters": [
+                cluster("sds", json!({ "pipe": { "path": sds } }), Some(&h2)),
+                cluster("meshward_ext_authz", socket(ext_authz), Some(&h2)),
+                cluster("backend", socket(backend), None),
+            ]
+        }
+    })
+}
+
+/// An answer through Envoy.
+struct Reply {
+    status: u16,
+    headers: http::HeaderMap,
+    body: String,
+}
+
+impl Reply {
+    /// The demo skill's echo of what it received.
+    fn echo(&self) -> Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not the skill's echo ({e}): {} {}", self.status, self.body))
+    }
+}
+
+/// One h2 request over mTLS as `client`.
+async fn send(
+    addr: &str,
+    client: &Arc<rustls::ClientConfig>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Result<Reply, String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(client.clone())
+        .connect(ServerName::try_from("front.invalid").unwrap(), tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .map_err(|e| format!("h2: {e}"))?;
+    tokio::spawn(conn);
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(format!("https://hello-skill{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(Full::new(Bytes::from(body.to_string())))
+        .map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+        .await
+        .map_err(|_| "timed out".to_string())?
+        .map_err(|e| format!("request: {e}"))?;
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(Reply {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_ext_authz_asks_meshward() {
+    let Some(binary) = envoy::find() else { return };
+    let policies = tempfile::tempdir().unwrap();
+    copy_dir(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"),
+        policies.path(),
+    );
+    std::fs::write(policies.path().join("exttest.rego"), LAYER).unwrap();
+    let policy_dir = policies.path().display().to_string();
+    let mesh = TestMesh::start_with_options(
+        move |yaml| {
+            *yaml = yaml
+                .replace("dir: policies", &format!("dir: {policy_dir}"))
+                .replace(
+                    "decision: data.meshward.authz.decision",
+                    "decision: data.exttest.decision",
+                )
+                // Each caller may make 3 calls to hello-skill at once, then
+                // one every 10 s: enough to see one caller limited while
+                // another still flows.
+                .replacen(
+                    "      requests_per_second: 200\n      burst: 400\n",
+                    "      requests_per_second: 0.1\n      burst: 6\n",
+                    1,
+                );
+        },
+        |opts: &mut UpOptions| {
+            opts.ext_authz = Some("127.0.0.1:0".parse().unwrap());
+        },
+    )
+    .await;
+    let up = mesh.up();
+    let ext_authz = up.info.ext_authz.clone().expect("ext_authz runs").ext_authz;
+    let backend = up
+        .info
+        .services
+        .iter()
+        .find(|s| s.name == "hello-skill")
+        .unwrap()
+        .backend
+        .clone();
+    let sds = up.identity_server().register(FRONT).await.unwrap();
+    let listen = free_port();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let config = bootstrap(&sds, listen, &admin, &ext_authz, &backend).to_string();
+    let mut front = Envoy::start(&binary, mesh.dir.path(), "front", &config, admin);
+    front.wait_live(LIVE).await;
+    let addr = format!("127.0.0.1:{listen}");
+
+    let ca = up.identity_server().test_ca();
+    let client = |id: &str| {
+        ca.issue(id, Duration::from_secs(600))
+            .unwrap()
+            .client_config(&[b"h2"])
+            .unwrap()
+    };
+    let triage = client(SUPPORT_TRIAGE);
+    let billing = client(BILLING_BOT);
+    let unknown = client("spiffe://example.org/agent/stranger");
+
+    // Allowed: the policy's header mutations reach the upstream (the skill
+    // echoes what it received) and the client.
+    let r = send(
+        &addr,
+        &triage,
+        "POST",
+        "/say-hello",
+        &[("x-secret", "s3cret"), ("content-type", "application/json")],
+        r#"{"action":"greet"}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{} {}", r.body, front.log_tail());
+    let echo = r.echo();
+    assert_eq!(echo["headers"]["x-caller-team"], "customer-success");
+    assert!(echo["headers"].get("x-secret").is_none(), "{echo}");
+    assert_eq!(r.headers["x-decided-by"], "meshward");
+
+    // Denied by the reference policy: the status and body the policy chose.
+    let r = send(&addr, &unknown, "GET", "/say-hello", &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 451, "{}", r.body);
+    assert!(
+        r.body.starts_with("denied: ") && r.body.contains("not a registered agent"),
+        "{}",
+        r.body
+    );
+    assert_eq!(r.headers["x-denied-by"], "reference");
+    assert_eq!(r.headers["x-meshward-refusal"], "forbidden");
+
+    // The JSON body Envoy forwards reaches input.parsed_body.
+    let r = send(
+        &addr,
+        &triage,
+        "POST",
+        "/say-hello",
+        &[("content-type", "application/json")],
+        r#"{"action":"delete"}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(r.body, "no deletes through the gateway");
+
+    // A non-canonical path is judged in its canonical form.
+    let r = send(&addr, &billing, "GET", "/x/../say-hello", &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.body);
+    // An encoded slash has no canonical form: 400 before any policy.
+    let r = send(&addr, &billing, "GET", "/say%2Fhello", &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", r.body);
+
+    // Per identity: support-triage drains its budget at hello-skill (two
+    // calls above, one denial that also cost a token, three more here)
+    // and is then refused with 429 and retry-after, while billing-bot,
+    // with budget left, still flows.
+    let mut limited = None;
+    for _ in 0..10 {
+        let r = send(&addr, &triage, "GET", "/say-hello", &[], "")
+            .await
+            .unwrap();
+        if r.status == 429 {
+            limited = Some(r);
+            break;
+        }
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let limited = limited.expect("support-triage was never limited");
+    assert!(
+        limited.headers.contains_key("retry-after"),
+        "{:?}",
+        limited.headers
+    );
+    assert_eq!(limited.headers["x-meshward-refusal"], "rate_limited");
+    let r = send(&addr, &billing, "GET", "/say-hello", &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "billing-bot: {}", r.body);
+
+    // Meshward gone, failure_mode_allow false: Envoy denies.
+    mesh.shutdown().await;
+    let r = send(&addr, &billing, "GET", "/say-hello", &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403, "with Meshward stopped: {}", r.body);
+}
