@@ -48,6 +48,12 @@ enum Command {
         /// Run no ext_authz server.
         #[arg(long)]
         no_ext_authz: bool,
+        /// Envoy rate-limit v3 gRPC (DESIGN.md's 8081), on the same dataplane.
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        rate_limit: SocketAddr,
+        /// Run no rate-limit server.
+        #[arg(long)]
+        no_rate_limit: bool,
     },
     /// Check a mesh file; prints every error with file, line and field.
     Validate { file: PathBuf },
@@ -84,6 +90,13 @@ enum Command {
         admin: SocketAddr,
         #[command(flatten)]
         ext_authz: ExtAuthzArgs,
+        /// Answer Envoy's rate-limit v3 `ShouldRateLimit` here: `host:port`
+        /// (e.g. 127.0.0.1:8081) or `unix:/path/to/socket`.
+        #[arg(long = "rate-limit")]
+        rate_limit: Option<String>,
+        /// Require mTLS on a TCP rate-limit listener.
+        #[arg(long = "rate-limit-mtls")]
+        rate_limit_mtls: bool,
     },
     /// Print the bootstrap of a proxy that takes its configuration from the
     /// control plane.
@@ -271,10 +284,13 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             state_dir,
             ext_authz,
             no_ext_authz,
+            rate_limit,
+            no_rate_limit,
         } => {
             let config = locate_default(config);
             let mut opts = UpOptions::new(config, &state_dir);
             opts.ext_authz = (!no_ext_authz).then_some(ext_authz);
+            opts.rate_limit = (!no_rate_limit).then_some(rate_limit);
             let up = Up::start(opts).await?;
             println!("{}", up.table());
             println!("\nwrote {}", state_dir.join("up.json").display());
@@ -332,6 +348,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             local_upstream,
             admin,
             ext_authz,
+            rate_limit,
+            rate_limit_mtls,
         } => {
             // Starts without waiting for the Workload API: /ready says why
             // the dataplane is not ready until the first SVID arrives.
@@ -362,6 +380,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 request_timeout: Duration::from_secs(30),
                 metrics: telemetry::prometheus(),
                 ext_authz: ext_authz.listener().await?,
+                rate_limit: match rate_limit {
+                    Some(addr) => Some(grpc_endpoint(&addr, rate_limit_mtls).await?),
+                    None => None,
+                },
             })
             .await?;
             shutdown_signal().await;
@@ -400,40 +422,11 @@ struct ExtAuthzArgs {
 
 impl ExtAuthzArgs {
     async fn listener(self) -> anyhow::Result<Option<meshward_dataplane::ExtAuthzListener>> {
-        use meshward_dataplane::grpc_server::{GrpcEndpoint, GrpcListener, GrpcTls};
         let Some(addr) = self.addr else {
             return Ok(None);
         };
-        let listener = match addr.strip_prefix("unix:") {
-            Some(path) => {
-                if self.mtls {
-                    anyhow::bail!(
-                        "--ext-authz-mtls applies to TCP listeners; {addr} is a Unix socket (protect it by its file mode)"
-                    );
-                }
-                // A stale socket from an earlier run would make bind fail.
-                let _ = std::fs::remove_file(path);
-                GrpcListener::Unix {
-                    listener: tokio::net::UnixListener::bind(path)
-                        .with_context(|| format!("binding {addr}"))?,
-                    path: path.into(),
-                }
-            }
-            None => GrpcListener::Tcp(
-                TcpListener::bind(&addr)
-                    .await
-                    .with_context(|| format!("binding --ext-authz {addr}"))?,
-            ),
-        };
         Ok(Some(meshward_dataplane::ExtAuthzListener {
-            endpoint: GrpcEndpoint {
-                listener,
-                tls: if self.mtls {
-                    GrpcTls::Mutual
-                } else {
-                    GrpcTls::Plain
-                },
-            },
+            endpoint: grpc_endpoint(&addr, self.mtls).await?,
             settings: meshward_dataplane::extauthz::ExtAuthzSettings {
                 trusted_proxies: self.trusted_proxies,
                 service: self.service,
@@ -442,6 +435,43 @@ impl ExtAuthzArgs {
             },
         }))
     }
+}
+
+/// A gRPC listener from `host:port` or `unix:<path>`.
+async fn grpc_endpoint(
+    addr: &str,
+    mtls: bool,
+) -> anyhow::Result<meshward_dataplane::grpc_server::GrpcEndpoint> {
+    use meshward_dataplane::grpc_server::{GrpcEndpoint, GrpcListener, GrpcTls};
+    let listener = match addr.strip_prefix("unix:") {
+        Some(path) => {
+            if mtls {
+                anyhow::bail!(
+                    "mTLS applies to TCP listeners; {addr} is a Unix socket (protect it by its file mode)"
+                );
+            }
+            // A stale socket from an earlier run would make bind fail.
+            let _ = std::fs::remove_file(path);
+            GrpcListener::Unix {
+                listener: tokio::net::UnixListener::bind(path)
+                    .with_context(|| format!("binding {addr}"))?,
+                path: path.into(),
+            }
+        }
+        None => GrpcListener::Tcp(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?,
+        ),
+    };
+    Ok(GrpcEndpoint {
+        listener,
+        tls: if mtls {
+            GrpcTls::Mutual
+        } else {
+            GrpcTls::Plain
+        },
+    })
 }
 
 async fn spire(command: SpireCommand) -> anyhow::Result<ExitCode> {

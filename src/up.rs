@@ -51,6 +51,8 @@ pub struct UpOptions {
     /// first SPIFFE ID under `authorizers:` is its identity). `None`: no
     /// ext_authz server.
     pub ext_authz: Option<SocketAddr>,
+    /// Where the same dataplane answers Envoy's rate-limit service calls.
+    pub rate_limit: Option<SocketAddr>,
 }
 
 impl UpOptions {
@@ -63,6 +65,7 @@ impl UpOptions {
             advertise_host: None,
             external_services: Default::default(),
             ext_authz: None,
+            rate_limit: None,
         }
     }
 }
@@ -77,15 +80,17 @@ pub struct UpInfo {
     pub agents: Vec<AgentInfo>,
     pub services: Vec<ServiceInfo>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub ext_authz: Option<AuthorizerInfo>,
+    pub authorizer: Option<AuthorizerInfo>,
 }
 
-/// The dataplane that answers Envoy's ext_authz calls.
+/// The dataplane that answers Envoy's ext_authz and rate-limit calls.
 #[derive(Debug, Clone, Serialize)]
 pub struct AuthorizerInfo {
     pub spiffe_id: String,
     /// `host:port` of the ext_authz v3 gRPC service.
-    pub ext_authz: String,
+    pub ext_authz: Option<String>,
+    /// `host:port` of the rate-limit v3 gRPC service.
+    pub rate_limit: Option<String>,
     pub admin: String,
 }
 
@@ -281,6 +286,7 @@ impl Up {
                     request_timeout: Duration::from_secs(30),
                     metrics: metrics.clone(),
                     ext_authz: None,
+                    rate_limit: None,
                 })
                 .await?,
             );
@@ -310,6 +316,7 @@ impl Up {
                     request_timeout: Duration::from_secs(30),
                     metrics: metrics.clone(),
                     ext_authz: None,
+                    rate_limit: None,
                 })
                 .await?,
             );
@@ -320,45 +327,57 @@ impl Up {
                 admin: admin_addr.to_string(),
             });
         }
-        let ext_authz = match opts.ext_authz {
-            None => None,
-            Some(addr) => {
-                let spiffe_id = mesh.authorizers.first().cloned().context(
-                    "an ext_authz server needs an identity: list its SPIFFE ID under `authorizers:` in the mesh file",
-                )?;
+        // One dataplane answers Envoy's ext_authz and rate-limit calls.
+        let authorizer = if opts.ext_authz.is_some() || opts.rate_limit.is_some() {
+            let spiffe_id = mesh.authorizers.first().cloned().context(
+                "ext_authz and rate-limit servers need an identity: list its SPIFFE ID under `authorizers:` in the mesh file",
+            )?;
+            let grpc = async |addr: Option<SocketAddr>,
+                              what: &str|
+                   -> anyhow::Result<Option<(GrpcEndpoint, String)>> {
+                let Some(addr) = addr else { return Ok(None) };
                 let listener = TcpListener::bind(addr)
                     .await
-                    .with_context(|| format!("binding the ext_authz listener {addr}"))?;
-                let check_addr = listener.local_addr()?;
-                let (admin, admin_addr) = bind().await?;
-                let source = source_for(&spiffe_id).await?;
-                dataplanes.push(
-                    Dataplane::start(DataplaneOptions {
-                        name: "ext-authz".into(),
-                        identity: source.into(),
-                        xds: xds("ext-authz"),
-                        outbound: None,
-                        inbound: None,
-                        admin: Some(admin),
-                        local_upstream: None,
-                        request_timeout: Duration::from_secs(30),
-                        metrics: metrics.clone(),
-                        ext_authz: Some(ExtAuthzListener {
-                            endpoint: GrpcEndpoint {
-                                listener: GrpcListener::Tcp(listener),
-                                tls: GrpcTls::Plain,
-                            },
-                            settings: ExtAuthzSettings::default(),
-                        }),
-                    })
-                    .await?,
-                );
-                Some(AuthorizerInfo {
-                    spiffe_id,
-                    ext_authz: check_addr.to_string(),
-                    admin: admin_addr.to_string(),
+                    .with_context(|| format!("binding the {what} listener {addr}"))?;
+                let bound = listener.local_addr()?.to_string();
+                let endpoint = GrpcEndpoint {
+                    listener: GrpcListener::Tcp(listener),
+                    tls: GrpcTls::Plain,
+                };
+                Ok(Some((endpoint, bound)))
+            };
+            let ext_authz = grpc(opts.ext_authz, "ext_authz").await?;
+            let rate_limit = grpc(opts.rate_limit, "rate-limit").await?;
+            let (admin, admin_addr) = bind().await?;
+            let source = source_for(&spiffe_id).await?;
+            let info = AuthorizerInfo {
+                spiffe_id,
+                ext_authz: ext_authz.as_ref().map(|(_, a)| a.clone()),
+                rate_limit: rate_limit.as_ref().map(|(_, a)| a.clone()),
+                admin: admin_addr.to_string(),
+            };
+            dataplanes.push(
+                Dataplane::start(DataplaneOptions {
+                    name: "authorizer".into(),
+                    identity: source.into(),
+                    xds: xds("authorizer"),
+                    outbound: None,
+                    inbound: None,
+                    admin: Some(admin),
+                    local_upstream: None,
+                    request_timeout: Duration::from_secs(30),
+                    metrics: metrics.clone(),
+                    ext_authz: ext_authz.map(|(endpoint, _)| ExtAuthzListener {
+                        endpoint,
+                        settings: ExtAuthzSettings::default(),
+                    }),
+                    rate_limit: rate_limit.map(|(endpoint, _)| endpoint),
                 })
-            }
+                .await?,
+            );
+            Some(info)
+        } else {
+            None
         };
         for name in &opts.external_services {
             let svc = mesh
@@ -406,7 +425,7 @@ impl Up {
             },
             agents,
             services,
-            ext_authz,
+            authorizer,
         };
         write_info(&opts.state_dir, &info)?;
         Ok(Up {
@@ -511,12 +530,16 @@ pub fn render_table(info: &UpInfo) -> String {
             s.spiffe_id.clone(),
         ]);
     }
-    if let Some(e) = &info.ext_authz {
+    if let Some(a) = &info.authorizer {
+        let listens: Vec<String> = [("ext_authz", &a.ext_authz), ("ratelimit", &a.rate_limit)]
+            .into_iter()
+            .filter_map(|(what, addr)| addr.as_ref().map(|addr| format!("{what} {addr}")))
+            .collect();
         rows.push([
-            "ext_authz".into(),
-            "ext-authz".into(),
-            format!("{} (admin {})", e.ext_authz, e.admin),
-            e.spiffe_id.clone(),
+            "authorizer".into(),
+            "authorizer".into(),
+            format!("{} (admin {})", listens.join(", "), a.admin),
+            a.spiffe_id.clone(),
         ]);
     }
     let widths: Vec<usize> = (0..4)

@@ -86,7 +86,7 @@ impl UpProcess {
             .arg("--state-dir")
             .arg(&state)
             // Tests run side by side: not DESIGN.md's fixed 9191.
-            .args(["--ext-authz", "127.0.0.1:0"])
+            .args(["--ext-authz", "127.0.0.1:0", "--rate-limit", "127.0.0.1:0"])
             .current_dir(repo())
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())

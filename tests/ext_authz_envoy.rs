@@ -66,9 +66,55 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// Envoy: one mTLS listener (client SVIDs required) whose `ext_authz`
-/// filter asks Meshward, routing to hello-skill's backend.
-fn bootstrap(sds: &Path, listen: u16, admin: &str, ext_authz: &str, backend: &str) -> Value {
+/// Envoy's `ext_authz` filter, asking Meshward.
+fn ext_authz_filter() -> Value {
+    json!({
+        "name": "envoy.filters.http.ext_authz",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+            "grpc_service": {
+                "envoy_grpc": { "cluster_name": "meshward" },
+                "timeout": "2s"
+            },
+            "transport_api_version": "V3",
+            "failure_mode_allow": false,
+            "with_request_body": {
+                "max_request_bytes": 8192,
+                "allow_partial_message": true
+            }
+        }
+    })
+}
+
+/// Envoy's `ratelimit` filter, asking Meshward.
+fn rate_limit_filter() -> Value {
+    json!({
+        "name": "envoy.filters.http.ratelimit",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit",
+            "domain": "meshward",
+            "failure_mode_deny": true,
+            "timeout": "2s",
+            "rate_limit_service": {
+                "grpc_service": { "envoy_grpc": { "cluster_name": "meshward" } },
+                "transport_api_version": "V3"
+            }
+        }
+    })
+}
+
+/// Envoy: one mTLS listener (client SVIDs required) with `filters` before
+/// the router, routing everything to hello-skill's backend with `route`'s
+/// extra settings; `meshward` is the gRPC cluster of Meshward's service.
+fn bootstrap(
+    sds: &Path,
+    listen: u16,
+    admin: &str,
+    meshward: &str,
+    backend: &str,
+    filters: Vec<Value>,
+    route: Value,
+) -> Value {
     let sds_config = json!({
         "resource_api_version": "V3",
         "api_config_source": {
@@ -122,33 +168,10 @@ fn bootstrap(sds: &Path, listen: u16, admin: &str, ext_authz: &str, backend: &st
                                 "virtual_hosts": [{
                                     "name": "all",
                                     "domains": ["*"],
-                                    "routes": [{ "match": { "prefix": "/" }, "route": { "cluster": "backend" } }]
+                                    "routes": [{ "match": { "prefix": "/" }, "route": route }]
                                 }]
                             },
-                            "http_filters": [
-                                {
-                                    "name": "envoy.filters.http.ext_authz",
-                                    "typed_config": {
-                                        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
-                                        "grpc_service": {
-                                            "envoy_grpc": { "cluster_name": "meshward_ext_authz" },
-                                            "timeout": "2s"
-                                        },
-                                        "transport_api_version": "V3",
-                                        "failure_mode_allow": false,
-                                        "with_request_body": {
-                                            "max_request_bytes": 8192,
-                                            "allow_partial_message": true
-                                        }
-                                    }
-                                },
-                                {
-                                    "name": "envoy.filters.http.router",
-                                    "typed_config": {
-                                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-                                    }
-                                }
-                            ]
+                            "http_filters": filters
                         }
                     }],
                     "transport_socket": {
@@ -172,9 +195,18 @@ fn bootstrap(sds: &Path, listen: u16, admin: &str, ext_authz: &str, backend: &st
             }],
             "clusters": [
                 cluster("sds", json!({ "pipe": { "path": sds } }), Some(&h2)),
-                cluster("meshward_ext_authz", socket(ext_authz), Some(&h2)),
+                cluster("meshward", socket(meshward), Some(&h2)),
                 cluster("backend", socket(backend), None),
             ]
+        }
+    })
+}
+
+fn router() -> Value {
+    json!({
+        "name": "envoy.filters.http.router",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
         }
     })
 }
@@ -276,7 +308,12 @@ async fn envoy_ext_authz_asks_meshward() {
     )
     .await;
     let up = mesh.up();
-    let ext_authz = up.info.ext_authz.clone().expect("ext_authz runs").ext_authz;
+    let ext_authz = up
+        .info
+        .authorizer
+        .as_ref()
+        .and_then(|a| a.ext_authz.clone())
+        .expect("ext_authz runs");
     let backend = up
         .info
         .services
@@ -288,7 +325,16 @@ async fn envoy_ext_authz_asks_meshward() {
     let sds = up.identity_server().register(FRONT).await.unwrap();
     let listen = free_port();
     let admin = format!("127.0.0.1:{}", free_port());
-    let config = bootstrap(&sds, listen, &admin, &ext_authz, &backend).to_string();
+    let config = bootstrap(
+        &sds,
+        listen,
+        &admin,
+        &ext_authz,
+        &backend,
+        vec![ext_authz_filter(), router()],
+        json!({ "cluster": "backend" }),
+    )
+    .to_string();
     let mut front = Envoy::start(&binary, mesh.dir.path(), "front", &config, admin);
     front.wait_live(LIVE).await;
     let addr = format!("127.0.0.1:{listen}");
@@ -393,4 +439,104 @@ async fn envoy_ext_authz_asks_meshward() {
         .await
         .unwrap();
     assert_eq!(r.status, 403, "with Meshward stopped: {}", r.body);
+}
+
+/// Envoy's `ratelimit` filter alone, descriptors built from the verified
+/// peer certificate (a CEL descriptor on
+/// `connection.uri_san_peer_certificate`): `caller` alone meters the
+/// agent's own limit from `mesh.yaml`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_rate_limit_asks_meshward_per_identity() {
+    let Some(binary) = envoy::find() else { return };
+    let mesh = TestMesh::start_with_options(
+        |yaml| {
+            // support-triage: 3 at once, then one every 10 s.
+            *yaml = yaml.replacen(
+                "      requests_per_second: 5\n      burst: 10\n",
+                "      requests_per_second: 0.1\n      burst: 3\n",
+                1,
+            );
+        },
+        |opts: &mut UpOptions| {
+            opts.rate_limit = Some("127.0.0.1:0".parse().unwrap());
+        },
+    )
+    .await;
+    let up = mesh.up();
+    let rls = up
+        .info
+        .authorizer
+        .as_ref()
+        .and_then(|a| a.rate_limit.clone())
+        .expect("rate-limit service runs");
+    let backend = up
+        .info
+        .services
+        .iter()
+        .find(|s| s.name == "hello-skill")
+        .unwrap()
+        .backend
+        .clone();
+    let sds = up.identity_server().register(FRONT).await.unwrap();
+    let listen = free_port();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let route = json!({
+        "cluster": "backend",
+        "rate_limits": [{
+            "actions": [{
+                "extension": {
+                    "name": "envoy.rate_limit_descriptors.expr",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.rate_limit_descriptors.expr.v3.Descriptor",
+                        "descriptor_key": "caller",
+                        "text": "connection.uri_san_peer_certificate"
+                    }
+                }
+            }]
+        }]
+    });
+    let config = bootstrap(
+        &sds,
+        listen,
+        &admin,
+        &rls,
+        &backend,
+        vec![rate_limit_filter(), router()],
+        route,
+    )
+    .to_string();
+    let mut front = Envoy::start(&binary, mesh.dir.path(), "front-rl", &config, admin);
+    front.wait_live(LIVE).await;
+    let addr = format!("127.0.0.1:{listen}");
+    let ca = up.identity_server().test_ca();
+    let client = |id: &str| {
+        ca.issue(id, Duration::from_secs(600))
+            .unwrap()
+            .client_config(&[b"h2"])
+            .unwrap()
+    };
+    let triage = client(SUPPORT_TRIAGE);
+    let billing = client(BILLING_BOT);
+
+    // Three within support-triage's burst, with what is left counted down.
+    for left in ["2", "1", "0"] {
+        let r = send(&addr, &triage, "GET", "/say-hello", &[], "")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "{} {}", r.body, front.log_tail());
+        assert_eq!(r.headers["ratelimit-remaining"], left);
+        assert_eq!(r.headers["ratelimit-limit"], "3");
+    }
+    // The fourth is over its limit: Envoy answers 429.
+    let r = send(&addr, &triage, "GET", "/say-hello", &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert!(r.headers.contains_key("retry-after"), "{:?}", r.headers);
+    // Another identity still flows.
+    let r = send(&addr, &billing, "GET", "/say-hello", &[], "")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "billing-bot: {}", r.body);
+    assert_eq!(r.headers["ratelimit-limit"], "100");
 }

@@ -167,6 +167,7 @@ impl World {
             request_timeout: Duration::from_secs(10),
             metrics: metrics.clone(),
             ext_authz: None,
+            rate_limit: None,
         })
         .await
         .expect("service dataplane");
@@ -181,6 +182,7 @@ impl World {
             request_timeout: Duration::from_secs(10),
             metrics,
             ext_authz: None,
+            rate_limit: None,
         })
         .await
         .expect("agent dataplane");

@@ -24,6 +24,7 @@ use crate::grpc_server::{self, GrpcEndpoint};
 use crate::listener::{Listener, ListenerKind, ListenerLimits};
 use crate::pipeline::refusal::NotReady;
 use crate::proxy::{self, Shared, upstream::MeshClient};
+use crate::ratelimit::service::RateLimitServer;
 use crate::state::MeshState;
 use crate::xds::XdsClientConfig;
 
@@ -47,6 +48,8 @@ pub struct DataplaneOptions {
     pub metrics: Option<PrometheusHandle>,
     /// Envoy's ext_authz v3 `Check` (DESIGN.md's port 9191).
     pub ext_authz: Option<ExtAuthzListener>,
+    /// Envoy's rate-limit v3 service (DESIGN.md's port 8081).
+    pub rate_limit: Option<GrpcEndpoint>,
 }
 
 /// An ext_authz listener and how it reads its checks.
@@ -79,6 +82,7 @@ pub struct DataplaneAddrs {
     pub admin: Option<SocketAddr>,
     /// `host:port` or `unix:<path>`.
     pub ext_authz: Option<String>,
+    pub rate_limit: Option<String>,
 }
 
 /// A running dataplane; dropping it does not stop it, [`Dataplane::shutdown`] does.
@@ -229,6 +233,20 @@ impl Dataplane {
                 tonic::service::Routes::new(service),
                 &["envoy.service.auth.v3.Authorization"],
                 ext.endpoint,
+                identity.clone(),
+                Arc::new(move || ready.readiness().is_ok()),
+                stop.clone(),
+            )));
+        }
+        if let Some(endpoint) = opts.rate_limit {
+            addrs.rate_limit = Some(endpoint.listener.describe());
+            let service = RateLimitServer::new(shared.clone()).into_service();
+            let ready = status.clone();
+            tasks.push(tokio::spawn(grpc_server::serve(
+                name.clone(),
+                tonic::service::Routes::new(service),
+                &["envoy.service.ratelimit.v3.RateLimitService"],
+                endpoint,
                 identity.clone(),
                 Arc::new(move || ready.readiness().is_ok()),
                 stop.clone(),

@@ -144,6 +144,8 @@ impl ExtAuthz {
             admitted.breaker.abandon();
             drop(admitted.permit);
         }
+        let mut decision = decision;
+        assert_identity(&mut decision, attributes, &identity);
         Ok(decision)
     }
 
@@ -167,6 +169,48 @@ impl ExtAuthz {
     }
 }
 
+/// What the upstream learns from the mesh, as on the sidecar's inbound
+/// side: `x-agent-id` (the caller) and `x-agent-<attribute>` from the
+/// registry, set after the policy's own headers so they win; and every
+/// mesh-asserted header the client sent (`x-agent-*`, `x-meshward-*`, any
+/// spelling) removed. A rate-limit action can then read the caller from
+/// `x-agent-id`. `x-request-id` is Envoy's and stays.
+fn assert_identity(decision: &mut Decision, attributes: &AttributeContext, identity: &Identity) {
+    let mut set = http::HeaderMap::new();
+    headers::set_identity(
+        &mut set,
+        &identity.caller_id,
+        identity.caller.as_deref().map(|c| &c.attributes),
+    );
+    let sent = attributes
+        .request
+        .as_ref()
+        .and_then(|r| r.http.as_ref())
+        .map(|h| h.headers.keys())
+        .into_iter()
+        .flatten();
+    for name in sent {
+        let name = name.to_ascii_lowercase();
+        if headers::is_mesh_asserted(&name)
+            && name != "x-request-id"
+            && name != "x-forwarded-client-cert"
+            && !set.contains_key(name.as_str())
+        {
+            decision.request_headers_to_remove.push(name);
+        }
+    }
+    decision
+        .headers
+        .retain(|(k, _)| !set.contains_key(k.to_ascii_lowercase().as_str()));
+    for (k, v) in &set {
+        if let Ok(v) = v.to_str() {
+            decision
+                .headers
+                .push((k.as_str().to_string(), v.to_string()));
+        }
+    }
+}
+
 /// The input document: the check's attributes with the canonical path in
 /// place of the one Envoy sent (kept as `input.meshward.raw_path`).
 fn input(
@@ -179,6 +223,11 @@ fn input(
     let mut canonical = attributes.clone();
     if let Some(http) = canonical.request.as_mut().and_then(|r| r.http.as_mut()) {
         http.path = path.to_string();
+    }
+    // Behind a trusted front proxy the principal Envoy saw is the proxy's;
+    // the policy judges the caller, as if it had connected directly.
+    if let Some(source) = canonical.source.as_mut() {
+        source.principal.clone_from(&identity.caller_id);
     }
     let caller = identity.caller.as_deref().map(|c| CallerFacts {
         spiffe_id: &c.spiffe_id,

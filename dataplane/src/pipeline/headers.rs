@@ -71,7 +71,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// Whether `name` is one the mesh asserts, however it is spelled: `_` is
 /// read as `-` (names are already lower-case), as CGI-style backends do.
-fn is_mesh_asserted(name: &str) -> bool {
+pub(crate) fn is_mesh_asserted(name: &str) -> bool {
     let normalized = name.replace('_', "-");
     normalized.starts_with(AGENT_ATTR_PREFIX)
         || normalized.starts_with(MESHWARD_PREFIX)

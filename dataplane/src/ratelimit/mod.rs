@@ -25,6 +25,7 @@
 //! would hand their owners a fresh burst.
 
 mod clock;
+pub mod service;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 
@@ -67,6 +68,15 @@ pub enum RateLimitError {
     /// The identity already has `limit` requests in flight.
     #[error("too many concurrent requests for this identity (limit {limit})")]
     TooManyConcurrent { limit: u32 },
+}
+
+/// A bucket after a rate-limit service call took from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    /// Requests still admitted right now.
+    pub remaining: u32,
+    /// Until the bucket is full again.
+    pub full_after: Duration,
 }
 
 /// An admitted request. Holding it occupies one concurrency slot of its
@@ -172,28 +182,8 @@ impl RateLimiter {
             return Ok(Permit { inflight: None });
         }
         let now = self.clock.now();
-        // SPIFFE IDs and service names hold no newline, so keys of the two
-        // scopes never meet.
-        let key = match scope {
-            Scope::Ingress => format!("ingress\n{identity}\n{destination}"),
-            Scope::Egress if settings.per_destination => format!("{identity}\n{destination}"),
-            Scope::Egress => identity.to_string(),
-        };
-        if self.keys.len() >= self.max_keys && !self.keys.contains_key(&key) {
-            self.inline_sweep(now);
-        }
-
-        let mut state = self.keys.entry(key).or_insert_with(|| KeyState {
-            tat: now,
-            last_seen: now,
-            settings: *settings,
-            inflight: Arc::new(AtomicU32::new(0)),
-        });
-        if state.settings != *settings {
-            state.settings = *settings;
-            state.tat = now;
-        }
-        state.last_seen = now;
+        let key = Self::key(scope, identity, destination, settings);
+        let mut state = self.entry(key, now, settings);
 
         let reserved = if hold_slot && settings.max_concurrent > 0 {
             let previous = state.inflight.fetch_add(1, Ordering::AcqRel);
@@ -226,6 +216,45 @@ impl RateLimiter {
         Ok(permit)
     }
 
+    /// Takes `hits` tokens for a rate-limit service call (Envoy's `ratelimit`
+    /// filter): no concurrency slot (the service never hears when a request
+    /// ends), and the state of the bucket afterwards, for
+    /// `limit_remaining` and `duration_until_reset`. A refusal takes
+    /// nothing. `None` when the settings set no rate.
+    pub fn take_hits(
+        &self,
+        scope: Scope,
+        identity: &str,
+        destination: &str,
+        settings: &RateLimitSettings,
+        hits: u32,
+    ) -> Result<Option<Quota>, RateLimitError> {
+        if identity.is_empty() {
+            return Err(RateLimitError::NoIdentity);
+        }
+        if !settings.rate_limited() {
+            return Ok(None);
+        }
+        let now = self.clock.now();
+        let key = Self::key(scope, identity, destination, settings);
+        let mut state = self.entry(key, now, settings);
+        let interval = settings.emission_interval();
+        let tolerance = interval.saturating_mul(settings.burst.max(1));
+        let new_tat = state.tat.max(now) + interval.saturating_mul(hits.max(1));
+        let ahead = new_tat.saturating_duration_since(now);
+        if ahead > tolerance {
+            return Err(RateLimitError::RateExceeded {
+                retry_after: ahead - tolerance,
+            });
+        }
+        state.tat = new_tat;
+        let left = (tolerance - ahead).as_nanos() / interval.as_nanos().max(1);
+        Ok(Some(Quota {
+            remaining: u32::try_from(left).unwrap_or(u32::MAX),
+            full_after: ahead,
+        }))
+    }
+
     /// Takes one token of `identity`'s bucket for a request that will not be
     /// forwarded (denied by policy), so probing denied paths drains the same
     /// budget as ordinary requests. Holds no concurrency slot. Free when the
@@ -242,6 +271,46 @@ impl RateLimiter {
         }
         self.take(scope, Some(identity), destination, settings, false)
             .map(drop)
+    }
+
+    /// The bucket's key. SPIFFE IDs and service names hold no newline, so
+    /// keys of the two scopes never meet.
+    fn key(
+        scope: Scope,
+        identity: &str,
+        destination: &str,
+        settings: &RateLimitSettings,
+    ) -> String {
+        match scope {
+            Scope::Ingress => format!("ingress\n{identity}\n{destination}"),
+            Scope::Egress if settings.per_destination => format!("{identity}\n{destination}"),
+            Scope::Egress => identity.to_string(),
+        }
+    }
+
+    /// The key's state, created full; a settings change (new xDS config)
+    /// restarts it full under the new settings.
+    fn entry(
+        &self,
+        key: String,
+        now: Instant,
+        settings: &RateLimitSettings,
+    ) -> dashmap::mapref::one::RefMut<'_, String, KeyState> {
+        if self.keys.len() >= self.max_keys && !self.keys.contains_key(&key) {
+            self.inline_sweep(now);
+        }
+        let mut state = self.keys.entry(key).or_insert_with(|| KeyState {
+            tat: now,
+            last_seen: now,
+            settings: *settings,
+            inflight: Arc::new(AtomicU32::new(0)),
+        });
+        if state.settings != *settings {
+            state.settings = *settings;
+            state.tat = now;
+        }
+        state.last_seen = now;
+        state
     }
 
     /// Removes keys untouched for `idle_for` whose bucket is full and that
@@ -581,5 +650,43 @@ mod tests {
         clock.advance(Duration::from_secs(1));
         assert!(l.check(Scope::Egress, Some("newcomer"), "svc", &s).is_ok());
         assert_eq!(l.len(), 1);
+    }
+
+    #[test]
+    fn rate_limit_service_calls_report_what_is_left_and_share_the_checks_bucket() {
+        let (clock, l) = limiter();
+        let s = rate(1.0, 3);
+        let q = l
+            .take_hits(Scope::Ingress, ALICE, "svc", &s, 1)
+            .unwrap()
+            .unwrap();
+        assert_eq!(q.remaining, 2);
+        assert_eq!(q.full_after, Duration::from_secs(1));
+        let q = l
+            .take_hits(Scope::Ingress, ALICE, "svc", &s, 2)
+            .unwrap()
+            .unwrap();
+        assert_eq!((q.remaining, q.full_after), (0, Duration::from_secs(3)));
+        match l.take_hits(Scope::Ingress, ALICE, "svc", &s, 1) {
+            Err(RateLimitError::RateExceeded { retry_after }) => {
+                assert_eq!(retry_after, Duration::from_secs(1));
+            }
+            other => panic!("{other:?}"),
+        }
+        // One budget however it is enforced: a check at the same scope
+        // spends the same tokens.
+        clock.advance(Duration::from_secs(1));
+        assert!(l.check(Scope::Ingress, Some(ALICE), "svc", &s).is_ok());
+        assert!(l.take_hits(Scope::Ingress, ALICE, "svc", &s, 1).is_err());
+        // The agent's own (egress) budget is another bucket.
+        assert!(l.take_hits(Scope::Egress, ALICE, "svc", &s, 3).is_ok());
+        assert_eq!(
+            l.take_hits(Scope::Egress, "", "svc", &s, 1),
+            Err(RateLimitError::NoIdentity)
+        );
+        assert_eq!(
+            l.take_hits(Scope::Egress, BOB, "svc", &rate(0.0, 0), 1),
+            Ok(None)
+        );
     }
 }
