@@ -357,7 +357,14 @@ async fn envoy_ext_authz_asks_meshward() {
         &triage,
         "POST",
         "/say-hello",
-        &[("x-secret", "s3cret"), ("content-type", "application/json")],
+        &[
+            ("x-secret", "s3cret"),
+            ("content-type", "application/json"),
+            // Forged mesh headers: replaced by what the mesh verified.
+            ("x-agent-id", BILLING_BOT),
+            ("x-agent-team", "finance"),
+            ("x-agent_type", "forged"),
+        ],
         r#"{"action":"greet"}"#,
     )
     .await
@@ -366,6 +373,10 @@ async fn envoy_ext_authz_asks_meshward() {
     let echo = r.echo();
     assert_eq!(echo["headers"]["x-caller-team"], "customer-success");
     assert!(echo["headers"].get("x-secret").is_none(), "{echo}");
+    assert_eq!(echo["headers"]["x-agent-id"], SUPPORT_TRIAGE);
+    assert_eq!(echo["headers"]["x-agent-team"], "customer-success");
+    assert_eq!(echo["headers"]["x-agent-type"], "support");
+    assert!(echo["headers"].get("x-agent_type").is_none(), "{echo}");
     assert_eq!(r.headers["x-decided-by"], "meshward");
 
     // Denied by the reference policy: the status and body the policy chose.
