@@ -31,6 +31,9 @@ use serde_json::{Map, Value, json};
 use super::input::{CallerFacts, Checkpoint, ServiceFacts};
 use super::protomap;
 
+/// Go's `urlmaxqueryparams` default.
+const MAX_QUERY_PARAMS: usize = 10_000;
+
 /// What only the mesh knows about a request: `input.meshward`.
 #[derive(Debug, Clone, Copy)]
 pub struct MeshFacts<'a> {
@@ -50,6 +53,8 @@ pub enum InputError {
     Escape(String),
     #[error("invalid semicolon separator in query")]
     Semicolon,
+    #[error("number of URL query parameters exceeded limit")]
+    TooManyParams,
     #[error("strconv.ParseInt: parsing {0:?}: invalid syntax")]
     ContentLength(String),
     #[error("{0}")]
@@ -167,26 +172,41 @@ fn parsed_body(
     }
 }
 
-/// Go's `url.ParseQuery`, failing where it reports an error: pairs split on
-/// `&`, a pair holding `;` or an invalid escape is an error, empty pairs
-/// are skipped, `+` is a space. Keys keep their first-seen order.
+/// Go's `url.ParseQuery`, failing where it reports an error: more than
+/// 10,000 pairs; pairs split on `&`, empty ones skipped, `+` is a space; a
+/// pair holding `;` is an error (reported over any other), an invalid
+/// escape is one (the first reported). Keys keep their first-seen order.
 fn parse_query(query: &str) -> Result<Vec<(String, Vec<String>)>, InputError> {
+    if query.matches('&').count() + 1 > MAX_QUERY_PARAMS {
+        return Err(InputError::TooManyParams);
+    }
     let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    let mut error = None;
     for pair in query.split('&') {
         if pair.contains(';') {
-            return Err(InputError::Semicolon);
+            error = Some(InputError::Semicolon);
+            continue;
         }
         if pair.is_empty() {
             continue;
         }
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let (k, v) = (unescape(k, true)?, unescape(v, true)?);
+        let (k, v) = match (unescape(k, true), unescape(v, true)) {
+            (Ok(k), Ok(v)) => (k, v),
+            (Err(e), _) | (_, Err(e)) => {
+                error.get_or_insert(e);
+                continue;
+            }
+        };
         match out.iter_mut().find(|(key, _)| *key == k) {
             Some((_, values)) => values.push(v),
             None => out.push((k, vec![v])),
         }
     }
-    Ok(out)
+    match error {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
 }
 
 fn query_object(pairs: Vec<(String, Vec<String>)>) -> Value {
