@@ -10,4 +10,4 @@ pub mod skill;
 pub mod telemetry;
 pub mod up;
 
-pub use up::{Up, UpInfo, UpOptions};
+pub use up::{AuthorizerInfo, Up, UpInfo, UpOptions};

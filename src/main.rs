@@ -418,6 +418,11 @@ struct ExtAuthzArgs {
     /// Allow when the policy fails to evaluate (default: deny).
     #[arg(long = "ext-authz-allow-on-policy-error")]
     allow_on_policy_error: bool,
+    /// Feed breakers and hold concurrency slots from Envoy's gRPC access
+    /// log (`envoy.access_loggers.http_grpc` pointed at this listener);
+    /// a request not reported within this many seconds is abandoned.
+    #[arg(long = "ext-authz-outcomes", value_name = "SECONDS")]
+    outcomes: Option<u64>,
 }
 
 impl ExtAuthzArgs {
@@ -432,6 +437,7 @@ impl ExtAuthzArgs {
                 service: self.service,
                 dry_run: self.dry_run,
                 allow_on_policy_error: self.allow_on_policy_error,
+                outcomes: self.outcomes.map(Duration::from_secs),
             },
         }))
     }

@@ -369,7 +369,12 @@ impl Up {
                     metrics: metrics.clone(),
                     ext_authz: ext_authz.map(|(endpoint, _)| ExtAuthzListener {
                         endpoint,
-                        settings: ExtAuthzSettings::default(),
+                        settings: ExtAuthzSettings {
+                            // Envoys in front of `up` may report outcomes over
+                            // the access log service on the same port.
+                            outcomes: Some(Duration::from_secs(30)),
+                            ..ExtAuthzSettings::default()
+                        },
                     }),
                     rate_limit: rate_limit.map(|(endpoint, _)| endpoint),
                 })

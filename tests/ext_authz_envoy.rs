@@ -114,6 +114,7 @@ fn bootstrap(
     backend: &str,
     filters: Vec<Value>,
     route: Value,
+    access_log: bool,
 ) -> Value {
     let sds_config = json!({
         "resource_api_version": "V3",
@@ -171,7 +172,8 @@ fn bootstrap(
                                     "routes": [{ "match": { "prefix": "/" }, "route": route }]
                                 }]
                             },
-                            "http_filters": filters
+                            "http_filters": filters,
+                            "access_log": if access_log { json!([access_logger()]) } else { json!([]) }
                         }
                     }],
                     "transport_socket": {
@@ -198,6 +200,24 @@ fn bootstrap(
                 cluster("meshward", socket(meshward), Some(&h2)),
                 cluster("backend", socket(backend), None),
             ]
+        }
+    })
+}
+
+/// Envoy's gRPC access logger, reporting every request to Meshward (the
+/// outcomes its breakers hear) at once.
+fn access_logger() -> Value {
+    json!({
+        "name": "envoy.access_loggers.http_grpc",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
+            "common_config": {
+                "log_name": "meshward",
+                "grpc_service": { "envoy_grpc": { "cluster_name": "meshward" } },
+                "transport_api_version": "V3",
+                "buffer_flush_interval": "0.01s",
+                "buffer_size_bytes": 1
+            }
         }
     })
 }
@@ -275,6 +295,79 @@ async fn send(
     })
 }
 
+/// A mesh with its authorizer, and an Envoy in front of hello-skill.
+struct Front {
+    mesh: TestMesh,
+    envoy: Envoy,
+    addr: String,
+}
+
+impl Front {
+    /// `service`: which of the authorizer's addresses the `meshward`
+    /// cluster points at.
+    async fn start(
+        binary: &Path,
+        edit: impl FnOnce(&mut String) + Send + 'static,
+        service: fn(&meshward::AuthorizerInfo) -> Option<String>,
+        filters: Vec<Value>,
+        route: Value,
+        access_log: bool,
+    ) -> Front {
+        let mesh = TestMesh::start_with_options(edit, |opts: &mut UpOptions| {
+            opts.ext_authz = Some("127.0.0.1:0".parse().unwrap());
+            opts.rate_limit = Some("127.0.0.1:0".parse().unwrap());
+        })
+        .await;
+        let up = mesh.up();
+        let meshward = up
+            .info
+            .authorizer
+            .as_ref()
+            .and_then(service)
+            .expect("the authorizer runs");
+        let backend = up
+            .info
+            .services
+            .iter()
+            .find(|s| s.name == "hello-skill")
+            .unwrap()
+            .backend
+            .clone();
+        let sds = up.identity_server().register(FRONT).await.unwrap();
+        let listen = free_port();
+        let admin = format!("127.0.0.1:{}", free_port());
+        let config = bootstrap(
+            &sds, listen, &admin, &meshward, &backend, filters, route, access_log,
+        )
+        .to_string();
+        let mut envoy = Envoy::start(binary, mesh.dir.path(), "front", &config, admin);
+        envoy.wait_live(LIVE).await;
+        Front {
+            mesh,
+            envoy,
+            addr: format!("127.0.0.1:{listen}"),
+        }
+    }
+
+    /// A client presenting an SVID for `id` from the mesh's CA.
+    fn client(&self, id: &str) -> Arc<rustls::ClientConfig> {
+        self.mesh
+            .up()
+            .identity_server()
+            .test_ca()
+            .issue(id, Duration::from_secs(600))
+            .unwrap()
+            .client_config(&[b"h2"])
+            .unwrap()
+    }
+
+    async fn get(&self, client: &Arc<rustls::ClientConfig>, path: &str) -> Reply {
+        send(&self.addr, client, "GET", path, &[], "")
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}\n{}", self.envoy.log_tail()))
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_ext_authz_asks_meshward() {
     let Some(binary) = envoy::find() else { return };
@@ -285,7 +378,8 @@ async fn envoy_ext_authz_asks_meshward() {
     );
     std::fs::write(policies.path().join("exttest.rego"), LAYER).unwrap();
     let policy_dir = policies.path().display().to_string();
-    let mesh = TestMesh::start_with_options(
+    let front = Front::start(
+        &binary,
         move |yaml| {
             *yaml = yaml
                 .replace("dir: policies", &format!("dir: {policy_dir}"))
@@ -293,7 +387,7 @@ async fn envoy_ext_authz_asks_meshward() {
                     "decision: data.meshward.authz.decision",
                     "decision: data.exttest.decision",
                 )
-                // Each caller may make 3 calls to hello-skill at once, then
+                // Each caller may make 6 calls to hello-skill at once, then
                 // one every 10 s: enough to see one caller limited while
                 // another still flows.
                 .replacen(
@@ -302,53 +396,16 @@ async fn envoy_ext_authz_asks_meshward() {
                     1,
                 );
         },
-        |opts: &mut UpOptions| {
-            opts.ext_authz = Some("127.0.0.1:0".parse().unwrap());
-        },
-    )
-    .await;
-    let up = mesh.up();
-    let ext_authz = up
-        .info
-        .authorizer
-        .as_ref()
-        .and_then(|a| a.ext_authz.clone())
-        .expect("ext_authz runs");
-    let backend = up
-        .info
-        .services
-        .iter()
-        .find(|s| s.name == "hello-skill")
-        .unwrap()
-        .backend
-        .clone();
-    let sds = up.identity_server().register(FRONT).await.unwrap();
-    let listen = free_port();
-    let admin = format!("127.0.0.1:{}", free_port());
-    let config = bootstrap(
-        &sds,
-        listen,
-        &admin,
-        &ext_authz,
-        &backend,
+        |a| a.ext_authz.clone(),
         vec![ext_authz_filter(), router()],
         json!({ "cluster": "backend" }),
+        false,
     )
-    .to_string();
-    let mut front = Envoy::start(&binary, mesh.dir.path(), "front", &config, admin);
-    front.wait_live(LIVE).await;
-    let addr = format!("127.0.0.1:{listen}");
-
-    let ca = up.identity_server().test_ca();
-    let client = |id: &str| {
-        ca.issue(id, Duration::from_secs(600))
-            .unwrap()
-            .client_config(&[b"h2"])
-            .unwrap()
-    };
-    let triage = client(SUPPORT_TRIAGE);
-    let billing = client(BILLING_BOT);
-    let unknown = client("spiffe://example.org/agent/stranger");
+    .await;
+    let addr = front.addr.clone();
+    let triage = front.client(SUPPORT_TRIAGE);
+    let billing = front.client(BILLING_BOT);
+    let unknown = front.client("spiffe://example.org/agent/stranger");
 
     // Allowed: the policy's header mutations reach the upstream (the skill
     // echoes what it received) and the client.
@@ -369,7 +426,7 @@ async fn envoy_ext_authz_asks_meshward() {
     )
     .await
     .unwrap();
-    assert_eq!(r.status, 200, "{} {}", r.body, front.log_tail());
+    assert_eq!(r.status, 200, "{} {}", r.body, front.envoy.log_tail());
     let echo = r.echo();
     assert_eq!(echo["headers"]["x-caller-team"], "customer-success");
     assert!(echo["headers"].get("x-secret").is_none(), "{echo}");
@@ -445,11 +502,13 @@ async fn envoy_ext_authz_asks_meshward() {
     assert_eq!(r.status, 200, "billing-bot: {}", r.body);
 
     // Meshward gone, failure_mode_allow false: Envoy denies.
+    let Front { mesh, envoy, addr } = front;
     mesh.shutdown().await;
     let r = send(&addr, &billing, "GET", "/say-hello", &[], "")
         .await
         .unwrap();
     assert_eq!(r.status, 403, "with Meshward stopped: {}", r.body);
+    drop(envoy);
 }
 
 /// Envoy's `ratelimit` filter alone, descriptors built from the verified
@@ -459,38 +518,6 @@ async fn envoy_ext_authz_asks_meshward() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn envoy_rate_limit_asks_meshward_per_identity() {
     let Some(binary) = envoy::find() else { return };
-    let mesh = TestMesh::start_with_options(
-        |yaml| {
-            // support-triage: 3 at once, then one every 10 s.
-            *yaml = yaml.replacen(
-                "      requests_per_second: 5\n      burst: 10\n",
-                "      requests_per_second: 0.1\n      burst: 3\n",
-                1,
-            );
-        },
-        |opts: &mut UpOptions| {
-            opts.rate_limit = Some("127.0.0.1:0".parse().unwrap());
-        },
-    )
-    .await;
-    let up = mesh.up();
-    let rls = up
-        .info
-        .authorizer
-        .as_ref()
-        .and_then(|a| a.rate_limit.clone())
-        .expect("rate-limit service runs");
-    let backend = up
-        .info
-        .services
-        .iter()
-        .find(|s| s.name == "hello-skill")
-        .unwrap()
-        .backend
-        .clone();
-    let sds = up.identity_server().register(FRONT).await.unwrap();
-    let listen = free_port();
-    let admin = format!("127.0.0.1:{}", free_port());
     let route = json!({
         "cluster": "backend",
         "rate_limits": [{
@@ -506,48 +533,95 @@ async fn envoy_rate_limit_asks_meshward_per_identity() {
             }]
         }]
     });
-    let config = bootstrap(
-        &sds,
-        listen,
-        &admin,
-        &rls,
-        &backend,
+    let front = Front::start(
+        &binary,
+        |yaml| {
+            // support-triage: 3 at once, then one every 10 s.
+            *yaml = yaml.replacen(
+                "      requests_per_second: 5\n      burst: 10\n",
+                "      requests_per_second: 0.1\n      burst: 3\n",
+                1,
+            );
+        },
+        |a| a.rate_limit.clone(),
         vec![rate_limit_filter(), router()],
         route,
+        false,
     )
-    .to_string();
-    let mut front = Envoy::start(&binary, mesh.dir.path(), "front-rl", &config, admin);
-    front.wait_live(LIVE).await;
-    let addr = format!("127.0.0.1:{listen}");
-    let ca = up.identity_server().test_ca();
-    let client = |id: &str| {
-        ca.issue(id, Duration::from_secs(600))
-            .unwrap()
-            .client_config(&[b"h2"])
-            .unwrap()
-    };
-    let triage = client(SUPPORT_TRIAGE);
-    let billing = client(BILLING_BOT);
+    .await;
+    let triage = front.client(SUPPORT_TRIAGE);
+    let billing = front.client(BILLING_BOT);
 
     // Three within support-triage's burst, with what is left counted down.
     for left in ["2", "1", "0"] {
-        let r = send(&addr, &triage, "GET", "/say-hello", &[], "")
-            .await
-            .unwrap();
-        assert_eq!(r.status, 200, "{} {}", r.body, front.log_tail());
+        let r = front.get(&triage, "/say-hello").await;
+        assert_eq!(r.status, 200, "{} {}", r.body, front.envoy.log_tail());
         assert_eq!(r.headers["ratelimit-remaining"], left);
         assert_eq!(r.headers["ratelimit-limit"], "3");
     }
     // The fourth is over its limit: Envoy answers 429.
-    let r = send(&addr, &triage, "GET", "/say-hello", &[], "")
-        .await
-        .unwrap();
+    let r = front.get(&triage, "/say-hello").await;
     assert_eq!(r.status, 429, "{}", r.body);
     assert!(r.headers.contains_key("retry-after"), "{:?}", r.headers);
     // Another identity still flows.
-    let r = send(&addr, &billing, "GET", "/say-hello", &[], "")
-        .await
-        .unwrap();
+    let r = front.get(&billing, "/say-hello").await;
     assert_eq!(r.status, 200, "billing-bot: {}", r.body);
     assert_eq!(r.headers["ratelimit-limit"], "100");
+}
+
+/// Breakers per (caller, service) in ext_authz mode: Envoy's gRPC access
+/// logger reports each request's outcome to Meshward, keyed by the
+/// decision id the check put in the dynamic metadata.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn envoy_access_log_feeds_meshwards_breakers() {
+    let Some(binary) = envoy::find() else { return };
+    let front = Front::start(
+        &binary,
+        |yaml| {
+            // Limits out of the way: only the breaker may refuse.
+            *yaml = yaml.replacen(
+                "      requests_per_second: 200\n      burst: 400\n",
+                "      requests_per_second: 100000\n      burst: 100000\n",
+                1,
+            );
+        },
+        |a| a.ext_authz.clone(),
+        vec![ext_authz_filter(), router()],
+        json!({ "cluster": "backend" }),
+        true,
+    )
+    .await;
+    let billing = front.client(BILLING_BOT);
+    let triage = front.client(SUPPORT_TRIAGE);
+
+    // hello-skill's breaker opens after 5 consecutive failures. Outcomes
+    // arrive a moment after each answer, so keep failing (bounded) until
+    // the check itself refuses.
+    let mut upstream_failures = 0;
+    let mut opened = None;
+    for _ in 0..40 {
+        let r = front.get(&billing, "/status/503").await;
+        assert_eq!(r.status, 503, "{}", r.body);
+        match r.headers.get("x-meshward-refusal") {
+            Some(kind) => {
+                assert_eq!(kind, "circuit_open", "{}", r.body);
+                opened = Some(r);
+                break;
+            }
+            None => upstream_failures += 1,
+        }
+    }
+    let opened = opened.expect("the breaker never opened");
+    assert!(
+        upstream_failures >= 5,
+        "opened after {upstream_failures} failures"
+    );
+    assert!(opened.headers.contains_key("retry-after"));
+    // A request that would succeed is refused too: it never reaches the skill.
+    let r = front.get(&billing, "/status/200").await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.headers["x-meshward-refusal"], "circuit_open");
+    // Another caller keeps flowing to the same service.
+    let r = front.get(&triage, "/status/200").await;
+    assert_eq!(r.status, 200, "{}", r.body);
 }

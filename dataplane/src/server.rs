@@ -226,11 +226,11 @@ impl Dataplane {
         });
         if let Some(ext) = opts.ext_authz {
             addrs.ext_authz = Some(ext.endpoint.listener.describe());
-            let service = ExtAuthz::new(shared.clone(), ext.settings).into_service();
+            let routes = ExtAuthz::new(shared.clone(), ext.settings).into_routes(stop.clone());
             let ready = status.clone();
             tasks.push(tokio::spawn(grpc_server::serve(
                 name.clone(),
-                tonic::service::Routes::new(service),
+                routes,
                 &["envoy.service.auth.v3.Authorization"],
                 ext.endpoint,
                 identity.clone(),

@@ -22,6 +22,7 @@
 //! the decision id in `dynamic_metadata` and the decision log line.
 
 mod caller;
+pub mod outcomes;
 mod response;
 
 use std::sync::Arc;
@@ -30,9 +31,12 @@ use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
     Authorization, AuthorizationServer,
 };
 use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest, CheckResponse};
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
 use tonic::{Request, Response, Status};
 
 pub use caller::CallerError;
+use outcomes::{Outcomes, Pending};
 
 use crate::canonical;
 use crate::pipeline::authorize::judge;
@@ -60,6 +64,11 @@ pub struct ExtAuthzSettings {
     pub dry_run: bool,
     /// Allow when the policy fails to evaluate (default: deny).
     pub allow_on_policy_error: bool,
+    /// Hold each allowed check's breaker report and concurrency slot until
+    /// Envoy's access log service reports the request ([`outcomes`]), at
+    /// most this long. `None`: breakers are consulted but never fed, and
+    /// `max_concurrent` does not apply.
+    pub outcomes: Option<std::time::Duration>,
 }
 
 /// The tonic service: one per listener, sharing the dataplane's state,
@@ -68,23 +77,38 @@ pub struct ExtAuthzSettings {
 pub struct ExtAuthz {
     shared: Arc<Shared>,
     settings: Arc<ExtAuthzSettings>,
+    pending: Option<Arc<Pending>>,
 }
 
 impl ExtAuthz {
     pub fn new(shared: Arc<Shared>, settings: ExtAuthzSettings) -> Self {
+        let pending = settings.outcomes.map(|ttl| Arc::new(Pending::new(ttl)));
         Self {
             shared,
             settings: Arc::new(settings),
+            pending,
         }
     }
 
-    pub fn into_service(self) -> AuthorizationServer<Self> {
-        AuthorizationServer::new(self)
+    /// `Check`, and with outcomes on, the access log service that settles
+    /// them (plus the task that abandons unreported ones, until `stop`).
+    pub fn into_routes(self, stop: CancellationToken) -> Routes {
+        let mut routes = Routes::new(AuthorizationServer::new(self.clone()));
+        if let Some(pending) = &self.pending {
+            routes = routes.add_service(Outcomes::new(pending.clone()).into_service());
+            tokio::spawn(expire(pending.clone(), stop));
+        }
+        routes
     }
 
     /// The decision for one check: allowed with the policy's decision, or
     /// a refusal. `decision_id` names it in the logs.
-    fn decide(&self, attributes: &AttributeContext, request_id: &str) -> Result<Decision, Refusal> {
+    fn decide(
+        &self,
+        attributes: &AttributeContext,
+        request_id: &str,
+        decision_id: &str,
+    ) -> Result<Decision, Refusal> {
         let own = self.shared.own_spiffe_id().map_err(NotReady::Identity)?;
         let state = self.shared.current_state().ok_or(NotReady::NoConfig)?;
         let trust_domain = own
@@ -138,11 +162,15 @@ impl ExtAuthz {
                 &identity,
                 upstream,
             )?;
-            // ext_authz never sees the upstream's answer: the breaker is
-            // consulted (an open one refuses above) but hears no outcome,
-            // and the concurrency slot ends with the check.
-            admitted.breaker.abandon();
-            drop(admitted.permit);
+            match &self.pending {
+                Some(pending) if !self.settings.dry_run => {
+                    pending.hold(decision_id.to_string(), admitted);
+                }
+                // Without outcomes the breaker is consulted (an open one
+                // refuses above) but hears nothing, and the concurrency
+                // slot ends with the check.
+                _ => admitted.breaker.abandon(),
+            }
         }
         let mut decision = decision;
         assert_identity(&mut decision, attributes, &identity);
@@ -166,6 +194,22 @@ impl ExtAuthz {
             .or(self.settings.service.as_deref())
             .or_else(|| host.and_then(crate::route::service_of_host))?;
         state.clusters.get(name).cloned()
+    }
+}
+
+/// Abandons held checks Envoy never reported, once a second.
+async fn expire(pending: Arc<Pending>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let n = pending.expire(std::time::Instant::now());
+                if n > 0 {
+                    tracing::debug!(abandoned = n, "ext_authz: checks without an access log entry");
+                }
+            }
+            () = stop.cancelled() => return,
+        }
     }
 }
 
@@ -266,7 +310,7 @@ impl Authorization for ExtAuthz {
             .cloned()
             .unwrap_or_else(headers::new_request_id);
         let decision_id = uuid::Uuid::new_v4().to_string();
-        let outcome = self.decide(&attributes, &request_id);
+        let outcome = self.decide(&attributes, &request_id, &decision_id);
         let kind = match &outcome {
             Ok(_) => "allowed",
             Err(refusal) => refusal.kind(),
