@@ -103,6 +103,16 @@ fn rate_limit_filter() -> Value {
     })
 }
 
+/// What an Envoy's HTTP connection manager runs.
+struct Chain {
+    /// HTTP filters, router last.
+    filters: Vec<Value>,
+    /// The route's action (cluster, rate limits).
+    route: Value,
+    /// Report every request to Meshward's access log service.
+    access_log: bool,
+}
+
 /// Envoy: one mTLS listener (client SVIDs required) with `filters` before
 /// the router, routing everything to hello-skill's backend with `route`'s
 /// extra settings; `meshward` is the gRPC cluster of Meshward's service.
@@ -112,10 +122,13 @@ fn bootstrap(
     admin: &str,
     meshward: &str,
     backend: &str,
-    filters: Vec<Value>,
-    route: Value,
-    access_log: bool,
+    chain: Chain,
 ) -> Value {
+    let Chain {
+        filters,
+        route,
+        access_log,
+    } = chain;
     let sds_config = json!({
         "resource_api_version": "V3",
         "api_config_source": {
@@ -337,7 +350,16 @@ impl Front {
         let listen = free_port();
         let admin = format!("127.0.0.1:{}", free_port());
         let config = bootstrap(
-            &sds, listen, &admin, &meshward, &backend, filters, route, access_log,
+            &sds,
+            listen,
+            &admin,
+            &meshward,
+            &backend,
+            Chain {
+                filters,
+                route,
+                access_log,
+            },
         )
         .to_string();
         let mut envoy = Envoy::start(binary, mesh.dir.path(), "front", &config, admin);
