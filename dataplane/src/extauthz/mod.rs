@@ -182,6 +182,17 @@ impl ExtAuthz {
     /// `svc.anything`). `None` when it names no service the mesh knows;
     /// the policy then sees `input.meshward.service: null`.
     fn service(&self, attributes: &AttributeContext, state: &MeshState) -> Option<Arc<Upstream>> {
+        service(attributes, self.settings.service.as_deref(), state)
+    }
+}
+
+/// See [`ExtAuthz::service`]; `configured` is the listener's setting.
+fn service(
+    attributes: &AttributeContext,
+    configured: Option<&str>,
+    state: &MeshState,
+) -> Option<Arc<Upstream>> {
+    {
         let host = attributes
             .request
             .as_ref()
@@ -191,7 +202,7 @@ impl ExtAuthz {
             .context_extensions
             .get(SERVICE_CONTEXT_KEY)
             .map(String::as_str)
-            .or(self.settings.service.as_deref())
+            .or(configured)
             .or_else(|| host.and_then(crate::route::service_of_host))?;
         state.clusters.get(name).cloned()
     }
@@ -337,5 +348,100 @@ impl Authorization for ExtAuthz {
             &request_id,
             &decision_id,
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::identify::identify;
+    use crate::pipeline::test_support::{AGENT, state};
+    use crate::policy::Direction;
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
+        HttpRequest, Peer, Request,
+    };
+
+    const PROXY: &str = "spiffe://example.org/gateway/front";
+
+    fn attrs(host: &str, path: &str, principal: &str) -> AttributeContext {
+        AttributeContext {
+            source: Some(Peer {
+                principal: principal.into(),
+                ..Default::default()
+            }),
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    host: host.into(),
+                    path: path.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_service_comes_from_the_context_extension_then_the_setting_then_the_host() {
+        let state = state();
+        let name = |a: &AttributeContext, configured: Option<&str>| {
+            service(a, configured, &state).map(|u| u.service.name.clone())
+        };
+        let mut a = attrs("svc.ns.svc.cluster.local:8080", "/", AGENT);
+        assert_eq!(name(&a, None).as_deref(), Some("svc"));
+        assert_eq!(
+            name(&a, Some("other")),
+            None,
+            "the setting wins over the host"
+        );
+        a.context_extensions
+            .insert(SERVICE_CONTEXT_KEY.into(), "svc".into());
+        assert_eq!(name(&a, Some("other")).as_deref(), Some("svc"));
+        assert_eq!(name(&attrs("unknown", "/", AGENT), None), None);
+    }
+
+    #[test]
+    fn the_policy_judges_the_canonical_path_and_the_caller_not_the_proxy() {
+        let mut identity =
+            identify(Ok(AGENT.into()), Some(state()), Direction::Outbound, None).unwrap();
+        identity.own_service = None;
+        let a = attrs("svc", "/x/../ok?q=1", PROXY);
+        let up = identity.state.clusters["svc"].clone();
+        let doc = input(&a, "/ok?q=1", "/x/../ok?q=1", &identity, Some(&up)).unwrap();
+        assert_eq!(doc["attributes"]["request"]["http"]["path"], "/ok?q=1");
+        assert_eq!(doc["parsed_path"], serde_json::json!(["ok"]));
+        assert_eq!(doc["meshward"]["raw_path"], "/x/../ok?q=1");
+        assert_eq!(doc["meshward"]["direction"], "ext_authz");
+        assert_eq!(doc["attributes"]["source"]["principal"], AGENT);
+        assert_eq!(doc["source_principal"], AGENT);
+        assert_eq!(doc["meshward"]["service"]["name"], "svc");
+    }
+
+    #[test]
+    fn the_upstream_learns_the_verified_caller_and_forged_mesh_headers_go() {
+        let identity =
+            identify(Ok(AGENT.into()), Some(state()), Direction::Outbound, None).unwrap();
+        let mut a = attrs("svc", "/", AGENT);
+        let http = a.request.as_mut().unwrap().http.as_mut().unwrap();
+        for (k, v) in [
+            ("x-agent-id", "spiffe://example.org/agent/someone-else"),
+            ("x-agent_role", "admin"),
+            ("x-meshward-refusal", "none"),
+            ("x-request-id", "r-1"),
+        ] {
+            http.headers.insert(k.into(), v.into());
+        }
+        let mut d = Decision::allow();
+        d.headers = vec![("x-agent-id".into(), "policy-says".into())];
+        assert_identity(&mut d, &a, &identity);
+        let set: Vec<_> = d
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(set, [("x-agent-id", AGENT), ("x-agent-team", "t")]);
+        let mut removed = d.request_headers_to_remove.clone();
+        removed.sort();
+        assert_eq!(removed, ["x-agent_role", "x-meshward-refusal"]);
     }
 }

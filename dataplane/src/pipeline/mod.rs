@@ -22,7 +22,7 @@ pub mod identify;
 pub mod refusal;
 pub mod target;
 #[cfg(test)]
-mod test_support;
+pub(crate) mod test_support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
