@@ -160,6 +160,11 @@ enum BootstrapCommand {
         /// `backend` in mesh.yaml].
         #[arg(long)]
         backend: Option<String>,
+        /// A Meshward authorizer (`ip:port`, e.g. one beside the Envoy on
+        /// 127.0.0.1:9191) that the inbound listener's ext_authz filter
+        /// asks, reporting outcomes over its access log.
+        #[arg(long)]
+        ext_authz: Option<String>,
     },
 }
 
@@ -247,6 +252,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                     outbound,
                     inbound,
                     backend,
+                    ext_authz,
                 },
         } => {
             let yaml = meshward_controlplane::bootstrap::EnvoyBootstrap {
@@ -261,6 +267,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 outbound,
                 inbound,
                 backend,
+                ext_authz,
             }
             .render()?;
             use std::io::Write;

@@ -280,3 +280,96 @@ async fn envoy_sidecars_on_sotw_ads() {
 async fn envoy_sidecars_on_delta_ads() {
     scenario(true).await;
 }
+
+/// A service's Envoy sidecar on Meshward's xDS with a Meshward authorizer
+/// beside it (`meshward bootstrap envoy --ext-authz`): the inbound listener
+/// asks it for every request, naming its own service, so the mesh's policy
+/// decides at an Envoy-only service too, and failures feed its breakers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_envoy_sidecar_asks_its_meshward_authorizer() {
+    let Some(binary) = envoy::find() else { return };
+    let skill_inbound = format!("127.0.0.1:{}", free_port());
+    let skill_inbound2 = skill_inbound.clone();
+    let mesh = TestMesh::start_with_options(
+        move |yaml| add_envoy_members(yaml, &skill_inbound2),
+        |opts: &mut UpOptions| {
+            opts.external_services.insert("envoy-skill".into());
+            opts.ext_authz = Some("127.0.0.1:0".parse().unwrap());
+        },
+    )
+    .await;
+    let up = mesh.up();
+    let authorizer = up
+        .info
+        .authorizer
+        .as_ref()
+        .and_then(|a| a.ext_authz.clone())
+        .expect("the authorizer runs");
+    let skill_backend = up
+        .info
+        .services
+        .iter()
+        .find(|s| s.name == "envoy-skill")
+        .unwrap()
+        .backend
+        .clone();
+    let mut skill = bootstrap_envoy(
+        &binary,
+        &mesh,
+        "envoy-skill",
+        ENVOY_SKILL,
+        true,
+        &[
+            "--inbound",
+            &skill_inbound,
+            "--backend",
+            &skill_backend,
+            "--ext-authz",
+            &authorizer,
+        ],
+    );
+    skill.wait_live(LIVE).await;
+
+    // A registered agent through its Meshward sidecar: allowed, and the app
+    // hears the verified caller (from the authorizer and from Envoy).
+    let ok = mesh
+        .call("billing-bot", "GET", "/mcp://envoy-skill/hi", "")
+        .await;
+    assert_eq!(
+        ok.status,
+        200,
+        "{}\n{}",
+        String::from_utf8_lossy(&ok.body),
+        skill.log_tail()
+    );
+    assert_eq!(ok.json()["headers"]["x-agent-id"], BILLING_BOT);
+    assert_eq!(ok.json()["headers"]["x-agent-team"], "finance");
+
+    // A peer of the trust domain that the registry does not know: the
+    // mTLS handshake alone would admit it; the authorizer denies it.
+    let ca = up.identity_server().test_ca();
+    let stranger = ca
+        .issue(
+            "spiffe://example.org/agent/stranger",
+            Duration::from_secs(600),
+        )
+        .unwrap()
+        .client_config(&[b"h2"])
+        .unwrap();
+    let (status, body) = raw::mtls_h2(&skill_inbound, stranger, "/hi").await.unwrap();
+    assert_eq!(status, 403, "{}", String::from_utf8_lossy(&body));
+
+    // The check names envoy-skill whatever Host the caller sent.
+    let known = ca
+        .issue(BILLING_BOT, Duration::from_secs(600))
+        .unwrap()
+        .client_config(&[b"h2"])
+        .unwrap();
+    let (status, body) = raw::mtls_h2(&skill_inbound, known, "/hi").await.unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+
+    // The config_dump shows the filter and its cluster.
+    let dump = skill.admin_get("/config_dump").await.json().to_string();
+    assert!(dump.contains("envoy.filters.http.ext_authz"));
+    assert!(dump.contains("meshward_ext_authz"));
+}

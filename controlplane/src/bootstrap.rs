@@ -42,6 +42,9 @@ pub struct EnvoyBootstrap {
     pub outbound: Option<String>,
     pub inbound: Option<String>,
     pub backend: Option<String>,
+    /// `ip:port` of the Meshward authorizer the inbound listener asks
+    /// (ext_authz and its access log); none: no `ext_authz` filter.
+    pub ext_authz: Option<String>,
 }
 
 /// Why a bootstrap cannot be made; names the flag at fault.
@@ -111,6 +114,7 @@ impl EnvoyBootstrap {
             ("outbound", metadata::OUTBOUND, &self.outbound),
             ("inbound", metadata::INBOUND, &self.inbound),
             ("backend", metadata::BACKEND, &self.backend),
+            ("ext-authz", metadata::EXT_AUTHZ, &self.ext_authz),
         ] {
             if let Some(v) = value {
                 rules::endpoint(v, false).map_err(|e| invalid(flag, v, e))?;
@@ -216,6 +220,7 @@ mod tests {
             outbound: Some("127.0.0.1:15001".into()),
             inbound: None,
             backend: None,
+            ext_authz: None,
         }
     }
 

@@ -59,6 +59,14 @@ impl Mesh {
                 .values()
                 .map(|s| (s.spec.name.clone(), s.spec.spiffe_id.clone()))
                 .collect(),
+            authorizers: self
+                .authorizers
+                .iter()
+                .map(|id| {
+                    let name = id.rsplit('/').next().unwrap_or(id);
+                    (name.to_string(), id.clone())
+                })
+                .collect(),
         }
     }
 }

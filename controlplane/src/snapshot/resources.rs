@@ -95,6 +95,13 @@ pub fn envoy(mesh: &config::Mesh, node: &NodeIdentity, kind: &NodeKind, snapshot
                 envoy::LOCAL_APP,
                 envoy::local_app_cluster(&backend).encode_to_vec(),
             );
+            if let Some(at) = &node.envoy.ext_authz {
+                put(
+                    type_url::CLUSTER,
+                    envoy::ext_authz::CLUSTER,
+                    envoy::ext_authz::cluster(at).encode_to_vec(),
+                );
+            }
             put(
                 type_url::LISTENER,
                 envoy::INBOUND,
@@ -103,7 +110,7 @@ pub fn envoy(mesh: &config::Mesh, node: &NodeIdentity, kind: &NodeKind, snapshot
             put(
                 type_url::ROUTE_CONFIGURATION,
                 envoy::INBOUND,
-                envoy::inbound_routes(mesh).encode_to_vec(),
+                envoy::inbound_routes(mesh, name, node.envoy.ext_authz.is_some()).encode_to_vec(),
             );
         }
         NodeKind::Agent(_) | NodeKind::Authorizer | NodeKind::Unregistered => {

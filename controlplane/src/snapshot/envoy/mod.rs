@@ -64,6 +64,8 @@ pub const LOCAL_APP: &str = "meshward_local_app";
 const SNI: &str = "spiffe.meshward.invalid";
 
 /// Node metadata keys `meshward bootstrap envoy` sets.
+pub mod ext_authz;
+
 pub mod metadata {
     /// `ip:port` of the outbound listener.
     pub const OUTBOUND: &str = "meshward.outbound";
@@ -71,6 +73,8 @@ pub mod metadata {
     pub const INBOUND: &str = "meshward.inbound";
     /// `ip:port` of the app behind the inbound listener.
     pub const BACKEND: &str = "meshward.backend";
+    /// `ip:port` of the Meshward authorizer the inbound listener asks.
+    pub const EXT_AUTHZ: &str = "meshward.ext_authz";
 }
 
 /// Where an Envoy node's listeners bind and where its app is.
@@ -81,6 +85,9 @@ pub struct EnvoyNode {
     /// The app beside an inbound Envoy; `None` falls back to the service's
     /// `backend` in `mesh.yaml`.
     pub backend: Option<Endpoint>,
+    /// The Meshward authorizer its inbound listener asks; `None`: no
+    /// `ext_authz` filter.
+    pub ext_authz: Option<Endpoint>,
 }
 
 impl Default for EnvoyNode {
@@ -90,6 +97,7 @@ impl Default for EnvoyNode {
             outbound: Endpoint::Ip(([127, 0, 0, 1], 15001).into()),
             inbound: Endpoint::Ip(([0, 0, 0, 0], 15006).into()),
             backend: None,
+            ext_authz: None,
         }
     }
 }
@@ -118,6 +126,7 @@ impl EnvoyNode {
             out.inbound = e;
         }
         out.backend = read(metadata::BACKEND);
+        out.ext_authz = read(metadata::EXT_AUTHZ);
         out
     }
 }
@@ -453,8 +462,15 @@ pub fn inbound_listener(mesh: &Mesh, node: &EnvoyNode) -> Listener {
         common_tls_context: Some(tls_context(&mesh.trust_domain, &["h2", "http/1.1"], &[])),
         ..Default::default()
     };
+    let mut hcm = http_connection_manager(INBOUND, true);
+    if node.ext_authz.is_some() {
+        // Policy, limits and breakers from the Meshward authorizer beside
+        // the Envoy, before the router; outcomes back over the access log.
+        hcm.http_filters.insert(0, ext_authz::filter());
+        hcm.access_log.push(ext_authz::outcome_log());
+    }
     let chain = FilterChain {
-        filters: vec![hcm_filter(&http_connection_manager(INBOUND, true))],
+        filters: vec![hcm_filter(&hcm)],
         transport_socket: Some(transport_socket(&tls)),
         ..Default::default()
     };
@@ -463,10 +479,14 @@ pub fn inbound_listener(mesh: &Mesh, node: &EnvoyNode) -> Listener {
 
 /// Everything to the app, with `x-agent-id` set from the verified peer's
 /// SPIFFE ID and every client-sent copy of the mesh's identity headers
-/// (`x-agent-id` and the registry attributes) removed first.
-pub fn inbound_routes(mesh: &Mesh) -> RouteConfiguration {
+/// (`x-agent-id` and the registry attributes) removed first. The route
+/// names `service` to an `ext_authz` filter, if the listener has one
+/// (`authorized`); that authorizer then owns the attribute headers: it
+/// strips forged ones and sets the verified ones, which a route-level
+/// removal (applied after the filter) would undo.
+pub fn inbound_routes(mesh: &Mesh, service: &str, authorized: bool) -> RouteConfiguration {
     let mut remove: Vec<String> = vec!["x-agent-id".to_string()];
-    for agent in mesh.agents.values() {
+    for agent in mesh.agents.values().filter(|_| !authorized) {
         for key in agent.attributes.keys() {
             let header = format!("x-agent-{}", key.to_ascii_lowercase().replace('_', "-"));
             if !remove.contains(&header) {
@@ -503,6 +523,11 @@ pub fn inbound_routes(mesh: &Mesh) -> RouteConfiguration {
             }],
             request_headers_to_remove: remove,
             request_headers_to_add: vec![set_caller],
+            typed_per_filter_config: [(
+                ext_authz::FILTER.to_string(),
+                ext_authz::per_route(service),
+            )]
+            .into(),
             ..Default::default()
         }],
         ..Default::default()
