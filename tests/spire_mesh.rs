@@ -35,11 +35,12 @@ async fn entries_come_from_the_mesh_file_and_apply_is_idempotent() {
         return;
     };
     let first = mesh.spire().entries_report.clone();
-    assert_eq!(first.matches("created").count(), 8, "{first}");
+    // The control plane, 2 agents, 5 services and the authorizer.
+    assert_eq!(first.matches("created").count(), 9, "{first}");
     let config = mesh.dir.path().join("mesh.yaml");
     let spire = &mesh.spire().spire;
     let again = tokio::task::block_in_place(|| spire.apply_entries(&config, &[]));
-    assert_eq!(again.matches("unchanged").count(), 8, "{again}");
+    assert_eq!(again.matches("unchanged").count(), 9, "{again}");
     assert!(
         !again.contains("created") && !again.contains("updated"),
         "{again}"
@@ -47,7 +48,7 @@ async fn entries_come_from_the_mesh_file_and_apply_is_idempotent() {
     // A changed TTL is an update of the same entries, not new ones.
     let ttl =
         tokio::task::block_in_place(|| spire.apply_entries(&config, &["--x509-svid-ttl", "600"]));
-    assert_eq!(ttl.matches("updated").count(), 8, "{ttl}");
+    assert_eq!(ttl.matches("updated").count(), 9, "{ttl}");
     // Every process runs as root-less `mw-<name>` and is ready, so each got
     // its SVID from SPIRE by uid; the skill sees the SPIRE-issued identity.
     let a = mesh

@@ -36,6 +36,9 @@ pub struct Registry {
     pub agents: Vec<(String, String)>,
     /// (name, SPIFFE ID), by name.
     pub services: Vec<(String, String)>,
+    /// (name, SPIFFE ID) of the ext_authz / rate-limit backends; the name
+    /// is the ID's last path segment.
+    pub authorizers: Vec<(String, String)>,
 }
 
 /// Longest Linux user name `useradd` accepts.
@@ -192,6 +195,12 @@ pub fn plan(registry: &Registry, opts: &EntryOptions) -> Result<Vec<Entry>, Entr
             .services
             .iter()
             .map(|(name, id)| ("service", name.clone(), id.clone())),
+    );
+    workloads.extend(
+        registry
+            .authorizers
+            .iter()
+            .map(|(name, id)| ("authorizer", name.clone(), id.clone())),
     );
 
     let mut entries = Vec::new();
@@ -538,6 +547,10 @@ mod tests {
             .iter()
             .map(|n| id("service", n))
             .collect(),
+            authorizers: vec![(
+                "ext-authz".into(),
+                "spiffe://example.org/meshward/ext-authz".into(),
+            )],
         }
     }
 
@@ -552,7 +565,14 @@ mod tests {
     fn unix_entries_cover_controlplane_agents_and_services() {
         let mesh = shipped_mesh();
         let entries = plan(&mesh, &EntryOptions::default()).unwrap();
-        assert_eq!(entries.len(), 1 + 2 + 5);
+        assert_eq!(entries.len(), 1 + 2 + 5 + 1);
+        let authorizer = entries.last().unwrap();
+        assert_eq!(
+            authorizer.spiffe_id,
+            "spiffe://example.org/meshward/ext-authz"
+        );
+        assert_eq!(authorizer.selectors, ["unix:user:mw-ext-authz"]);
+        assert_eq!(authorizer.workload, "authorizer ext-authz");
         assert_eq!(
             entries[0].spiffe_id,
             "spiffe://example.org/meshward/controlplane"
@@ -582,7 +602,12 @@ mod tests {
             ..EntryOptions::default()
         };
         let entries = plan(&mesh, &opts).unwrap();
-        assert_eq!(entries.len(), 1 + 1 + 2 + 5);
+        assert_eq!(entries.len(), 1 + 1 + 2 + 5 + 1);
+        let authorizer = entries.last().unwrap();
+        assert_eq!(
+            authorizer.selectors,
+            ["k8s:ns:meshward", "k8s:sa:ext-authz"]
+        );
         let alias = &entries[0];
         assert!(alias.node);
         assert_eq!(alias.spiffe_id, "spiffe://example.org/meshward/node");
