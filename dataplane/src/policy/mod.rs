@@ -22,6 +22,7 @@ pub mod decision;
 pub mod document;
 pub mod engine;
 pub mod input;
+pub mod multipart;
 pub mod protomap;
 
 #[cfg(test)]
