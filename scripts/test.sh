@@ -46,6 +46,9 @@ export MESHWARD_PYTHON="$ROOT/.venv/bin/python"
 # Interop tests fail (instead of skipping) when a peer is missing.
 export MESHWARD_REQUIRE_PEERS=1
 
+step "Schemas of the deploy/ examples (Istio, Envoy Gateway and Gateway API CRDs; Istio MeshConfig) into .tools/schemas"
+bash scripts/install-schemas.sh
+
 step "SPIRE 1.13.3 server + agent (Go modules in tools/spire, into .tools/bin)"
 bash scripts/install-spire.sh
 export MESHWARD_SPIRE_BIN_DIR="$TOOLS/bin"
