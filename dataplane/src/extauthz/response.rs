@@ -12,8 +12,9 @@
 //!   onto `DeniedHttpResponse`, as the plugin does; the mesh adds only
 //!   `x-meshward-refusal`. The mesh's own refusals carry what the sidecar
 //!   would answer (status, `retry-after`, a JSON body naming the reason),
-//!   except a request the plugin could not parse, whose 400 body is the
-//!   plugin's own text.
+//!   except a request the plugin could not parse (a malformed query or
+//!   body, or a malformed escape in the path), whose 400 is the plugin's:
+//!   `PERMISSION_DENIED` with its text as the body.
 //! - `dynamic_metadata` holds the decision's `dynamic_metadata` plus
 //!   `decision_id`, so Envoy's access log can name the decision.
 
@@ -26,8 +27,9 @@ use envoy_types::pb::google::protobuf::{Struct, Value as PbValue, value::Kind};
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use serde_json::Value;
 
+use crate::canonical::PathError;
 use crate::pipeline::refusal::{BadRequest, Refusal};
-use crate::policy::Decision;
+use crate::policy::{Decision, InputError};
 
 const OK: i32 = 0;
 const PERMISSION_DENIED: i32 = 7;
@@ -64,6 +66,7 @@ pub fn render(
 
 fn denied(refusal: &Refusal, request_id: &str, decision_id: &str) -> CheckResponse {
     let rendered = refusal.render(request_id);
+    let unparsable = unparsable(refusal);
     let (headers, body, dynamic) = match refusal {
         Refusal::Forbidden(denial) => {
             let mut headers = denial.headers.clone();
@@ -74,9 +77,12 @@ fn denied(refusal: &Refusal, request_id: &str, decision_id: &str) -> CheckRespon
                 Value::Null,
             )
         }
-        Refusal::BadRequest(BadRequest::Input(e)) => (
+        _ if unparsable.is_some() => (
             vec![("x-meshward-refusal".into(), refusal.kind().into())],
-            e.body(),
+            unparsable
+                .as_ref()
+                .map(InputError::body)
+                .unwrap_or_default(),
             Value::Null,
         ),
         _ => {
@@ -86,9 +92,9 @@ fn denied(refusal: &Refusal, request_id: &str, decision_id: &str) -> CheckRespon
         }
     };
     // The plugin denies an unparsable request with PERMISSION_DENIED too.
-    let code = match refusal {
-        Refusal::BadRequest(BadRequest::Input(_)) => PERMISSION_DENIED,
-        _ => i32::from(rendered.grpc_status),
+    let code = match unparsable {
+        Some(_) => PERMISSION_DENIED,
+        None => i32::from(rendered.grpc_status),
     };
     CheckResponse {
         status: Some(RpcStatus {
@@ -104,6 +110,24 @@ fn denied(refusal: &Refusal, request_id: &str, decision_id: &str) -> CheckRespon
             headers: options(&headers),
             body,
         })),
+    }
+}
+
+/// Why the plugin could not have parsed the request, if that is why it is
+/// refused: Meshward's canonicalizer meets a malformed escape in the path
+/// before the input builder does, and the plugin (`url.PathUnescape` of the
+/// path before `?`) reports the same one.
+fn unparsable(refusal: &Refusal) -> Option<InputError> {
+    match refusal {
+        Refusal::BadRequest(BadRequest::Input(e)) => Some(e.clone()),
+        Refusal::BadRequest(BadRequest::Path {
+            path,
+            error: PathError::BadEscape { at },
+        }) => {
+            let path = path.split_once('?').map_or(path.as_str(), |(p, _)| p);
+            Some(InputError::escape_at(path.as_bytes(), *at))
+        }
+        _ => None,
     }
 }
 
@@ -269,5 +293,48 @@ mod tests {
             d.body,
             "request_parse_error: invalid semicolon separator in query"
         );
+    }
+
+    #[test]
+    fn a_malformed_escape_in_the_path_is_refused_as_the_plugin_refuses_it() {
+        // The canonicalizer meets `%zz` first; the answer is still the
+        // plugin's (its url.PathUnescape of the path before `?`): 400,
+        // PERMISSION_DENIED and Go's words, the query not quoted.
+        let path = |path: &str, at| {
+            render(
+                Err(Refusal::BadRequest(BadRequest::Path {
+                    path: path.into(),
+                    error: PathError::BadEscape { at },
+                })),
+                "req",
+                "dec",
+            )
+        };
+        let r = path("/a/%zz?q=1", 3);
+        assert_eq!(r.status.as_ref().unwrap().code, PERMISSION_DENIED);
+        let d = denied_of(&r);
+        assert_eq!(d.status.as_ref().unwrap().code, 400);
+        assert_eq!(d.body, "request_parse_error: invalid URL escape \"%zz\"");
+        assert_eq!(
+            header(&d.headers, "x-meshward-refusal").as_deref(),
+            Some("bad_request")
+        );
+        let r = path("/a%4?x=1", 2);
+        assert_eq!(
+            denied_of(&r).body,
+            "request_parse_error: invalid URL escape \"%4\""
+        );
+        // Other path refusals keep the mesh's own answer.
+        let r = render(
+            Err(Refusal::BadRequest(BadRequest::Path {
+                path: "/a%2Fb".into(),
+                error: PathError::EncodedSlash,
+            })),
+            "req",
+            "dec",
+        );
+        assert_eq!(r.status.as_ref().unwrap().code, 3);
+        let body: Value = serde_json::from_str(&denied_of(&r).body).unwrap();
+        assert_eq!(body["error"], "bad_request");
     }
 }

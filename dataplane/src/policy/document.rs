@@ -49,8 +49,9 @@ pub struct MeshFacts<'a> {
 /// client gets reads as the plugin's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InputError {
-    #[error("invalid URL escape {0:?}")]
-    Escape(String),
+    /// The malformed escape: up to three bytes from its `%`.
+    #[error("invalid URL escape {}", go_quote(.0))]
+    Escape(Vec<u8>),
     #[error("invalid semicolon separator in query")]
     Semicolon,
     #[error("number of URL query parameters exceeded limit")]
@@ -66,6 +67,13 @@ impl InputError {
     pub fn body(&self) -> String {
         format!("request_parse_error: {self}")
     }
+
+    /// The malformed escape whose `%` is at `at` in `s` (a path before its
+    /// `?`, or a query key or value), as Go's `url.PathUnescape` reports it.
+    pub fn escape_at(s: &[u8], at: usize) -> Self {
+        let end = (at + 3).min(s.len());
+        InputError::Escape(s.get(at..end).unwrap_or_default().to_vec())
+    }
 }
 
 /// The input document for `attributes`.
@@ -73,12 +81,12 @@ pub fn document(attributes: &AttributeContext, mesh: &MeshFacts) -> Result<Value
     let http = attributes.request.as_ref().and_then(|r| r.http.as_ref());
     let path = http.map_or("", |h| h.path.as_str());
     let (raw_path, raw_query) = path.split_once('?').unwrap_or((path, ""));
-    let parsed_path: Vec<Value> = unescape(raw_path, false)?
+    let parsed_path: Vec<Value> = unescape(raw_path.as_bytes(), false)?
         .trim_start_matches('/')
         .split('/')
         .map(|s| Value::String(s.to_string()))
         .collect();
-    let parsed_query = parse_query(raw_query)?;
+    let parsed_query = parse_query(raw_query.as_bytes())?;
     let (parsed_body, truncated) = match http {
         Some(h) => parsed_body(&h.headers, &h.body, &h.raw_body)?,
         None => (Value::Null, false),
@@ -164,33 +172,106 @@ fn parsed_body(
         }
     }
     if json {
-        let value = serde_json::from_slice(payload).map_err(|e| InputError::Json(e.to_string()))?;
-        Ok((value, false))
+        Ok((parse_json(payload)?, false))
     } else {
-        let text = String::from_utf8_lossy(payload);
-        Ok((query_object(parse_query(&text)?), false))
+        Ok((query_object(parse_query(payload)?), false))
     }
+}
+
+/// A JSON body as OPA's `util.UnmarshalJSON` reads it (Go's
+/// `encoding/json`): each byte that is not UTF-8 and each lone surrogate
+/// escape is U+FFFD rather than an error, and after the value only
+/// whitespace may follow, or a `null` token and then anything (Go reads
+/// one more token and complains only about a non-null one).
+fn parse_json(payload: &[u8]) -> Result<Value, InputError> {
+    let text = go_lossy(payload);
+    let text = replace_lone_surrogates(&text);
+    let mut values = serde_json::Deserializer::from_str(&text).into_iter::<Value>();
+    let value = match values.next() {
+        Some(Ok(value)) => value,
+        Some(Err(e)) => return Err(InputError::Json(e.to_string())),
+        None => return Err(InputError::Json("EOF".into())),
+    };
+    let rest = text
+        .get(values.byte_offset()..)
+        .unwrap_or_default()
+        .trim_start_matches([' ', '\t', '\n', '\r']);
+    if !rest.is_empty() && !rest.starts_with("null") {
+        return Err(InputError::Json(
+            "invalid character after top-level value".into(),
+        ));
+    }
+    Ok(value)
+}
+
+/// `\uD800`-`\uDFFF` escapes that are not a high-low pair, as `\ufffd`
+/// (what Go decodes them to; serde_json refuses them).
+fn replace_lone_surrogates(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.contains("\\u") {
+        return text.into();
+    }
+    let b = text.as_bytes();
+    let escape = |i: usize| -> Option<u32> {
+        match b.get(i..i + 6)? {
+            [b'\\', b'u', hex @ ..] if hex.iter().all(u8::is_ascii_hexdigit) => {
+                u32::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+            }
+            _ => None,
+        }
+    };
+    let mut out = String::new();
+    let (mut i, mut copied) = (0, 0);
+    while i < b.len() {
+        if b[i] != b'\\' {
+            i += 1;
+            continue;
+        }
+        match escape(i) {
+            Some(0xD800..=0xDBFF)
+                if escape(i + 6).is_some_and(|l| (0xDC00..=0xDFFF).contains(&l)) =>
+            {
+                i += 12;
+            }
+            Some(0xD800..=0xDFFF) => {
+                out.push_str(&text[copied..i]);
+                out.push_str("\\ufffd");
+                i += 6;
+                copied = i;
+            }
+            // Any other escape is skipped whole: in `\\\\ud800` the
+            // backslash is escaped and no escape starts at `\\ud800`.
+            _ => i += 2,
+        }
+    }
+    if copied == 0 {
+        return text.into();
+    }
+    out.push_str(&text[copied..]);
+    out.into()
 }
 
 /// Go's `url.ParseQuery`, failing where it reports an error: more than
 /// 10,000 pairs; pairs split on `&`, empty ones skipped, `+` is a space; a
 /// pair holding `;` is an error (reported over any other), an invalid
 /// escape is one (the first reported). Keys keep their first-seen order.
-fn parse_query(query: &str) -> Result<Vec<(String, Vec<String>)>, InputError> {
-    if query.matches('&').count() + 1 > MAX_QUERY_PARAMS {
+fn parse_query(query: &[u8]) -> Result<Vec<(String, Vec<String>)>, InputError> {
+    if query.iter().filter(|&&b| b == b'&').count() + 1 > MAX_QUERY_PARAMS {
         return Err(InputError::TooManyParams);
     }
     let mut out: Vec<(String, Vec<String>)> = Vec::new();
     let mut error = None;
-    for pair in query.split('&') {
-        if pair.contains(';') {
+    for pair in query.split(|&b| b == b'&') {
+        if pair.contains(&b';') {
             error = Some(InputError::Semicolon);
             continue;
         }
         if pair.is_empty() {
             continue;
         }
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let (k, v) = match pair.iter().position(|&b| b == b'=') {
+            Some(at) => (&pair[..at], &pair[at + 1..]),
+            None => (pair, &b""[..]),
+        };
         let (k, v) = match (unescape(k, true), unescape(v, true)) {
             (Ok(k), Ok(v)) => (k, v),
             (Err(e), _) | (_, Err(e)) => {
@@ -221,11 +302,10 @@ fn query_object(pairs: Vec<(String, Vec<String>)>) -> Value {
 /// Go's `unescape`: `%XX` decoded, anything else after `%` is an error
 /// naming up to three bytes from the `%`; `+` is a space only in queries.
 /// Invalid UTF-8 becomes U+FFFD, as it does when OPA prints the input.
-fn unescape(s: &str, query: bool) -> Result<String, InputError> {
-    let bytes = s.as_bytes();
+fn unescape(bytes: &[u8], query: bool) -> Result<String, InputError> {
     let plus = query && bytes.contains(&b'+');
     if !plus && !bytes.contains(&b'%') {
-        return Ok(s.to_string());
+        return Ok(go_lossy(bytes).into_owned());
     }
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -240,18 +320,79 @@ fn unescape(s: &str, query: bool) -> Result<String, InputError> {
                     i += 3;
                     continue;
                 }
-                _ => {
-                    let end = (i + 3).min(bytes.len());
-                    let bad = String::from_utf8_lossy(&bytes[i..end]).into_owned();
-                    return Err(InputError::Escape(bad));
-                }
+                _ => return Err(InputError::escape_at(bytes, i)),
             },
             b'+' if query => out.push(b' '),
             b => out.push(b),
         }
         i += 1;
     }
-    Ok(String::from_utf8_lossy(&out).into_owned())
+    Ok(go_lossy(&out).into_owned())
+}
+
+/// Bytes as text the way Go's `encoding/json` writes a string (so OPA's
+/// `json.marshal`, decision logs and form bodies): *each* byte of an
+/// invalid UTF-8 sequence is one U+FFFD, where `String::from_utf8_lossy`
+/// replaces a truncated sequence with a single one.
+fn go_lossy(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    let mut rest = match std::str::from_utf8(bytes) {
+        Ok(text) => return text.into(),
+        Err(_) => bytes,
+    };
+    let mut out = String::with_capacity(bytes.len() + 8);
+    loop {
+        match std::str::from_utf8(rest) {
+            Ok(text) => {
+                out.push_str(text);
+                return out.into();
+            }
+            Err(e) => {
+                let (valid, invalid) = rest.split_at(e.valid_up_to());
+                out.push_str(std::str::from_utf8(valid).unwrap_or_default());
+                out.push('\u{FFFD}');
+                rest = invalid.get(1..).unwrap_or_default();
+            }
+        }
+    }
+}
+
+/// Go's `strconv.Quote`, for the bytes an escape error names: printable
+/// characters as they are, `"` and `\\` escaped, C escapes for the usual
+/// controls, `\\xHH` for other ASCII controls and for bytes that are not
+/// UTF-8, `\\u`/`\\U` for other unprintable characters.
+fn go_quote(bytes: &[u8]) -> String {
+    let mut out = String::from("\"");
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                '\u{7}' => out.push_str("\\a"),
+                '\u{8}' => out.push_str("\\b"),
+                '\u{c}' => out.push_str("\\f"),
+                '\n' => out.push_str("\\n"),
+                '\r' => out.push_str("\\r"),
+                '\t' => out.push_str("\\t"),
+                '\u{b}' => out.push_str("\\v"),
+                c if c.is_ascii_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+                // Go prints letters, marks, numbers, punctuation, symbols
+                // and the ASCII space; other spaces and controls escaped.
+                c if c.is_control() || (c.is_whitespace() && c != ' ') => {
+                    if (c as u32) < 0x10000 {
+                        out.push_str(&format!("\\u{:04x}", c as u32));
+                    } else {
+                        out.push_str(&format!("\\U{:08x}", c as u32));
+                    }
+                }
+                c => out.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out.push('"');
+    out
 }
 
 fn hex(b: &u8) -> Option<u8> {
@@ -320,7 +461,7 @@ mod tests {
         assert_eq!(e.body(), "request_parse_error: invalid URL escape \"%zz\"");
         assert_eq!(
             doc("/a%4", &[], "").unwrap_err(),
-            InputError::Escape("%4".into())
+            InputError::Escape(b"%4".to_vec())
         );
         assert_eq!(
             doc("/?a=1;b=2", &[], "").unwrap_err(),
@@ -328,7 +469,7 @@ mod tests {
         );
         assert_eq!(
             doc("/?a=%", &[], "").unwrap_err(),
-            InputError::Escape("%".into())
+            InputError::Escape(b"%".to_vec())
         );
     }
 
@@ -372,5 +513,64 @@ mod tests {
         );
         // No content type, nothing parsed; the key is still there.
         assert_eq!(doc("/", &[], "{}").unwrap()["parsed_body"], Value::Null);
+    }
+
+    #[test]
+    fn each_byte_that_is_not_utf8_is_one_replacement_character_as_in_go() {
+        // `%E2%82` is a euro sign cut short. The plugin keeps the raw bytes
+        // and Go's JSON encoding (OPA's json.marshal, its logs, its form
+        // bodies) writes one U+FFFD per byte, where from_utf8_lossy would
+        // write one for the whole sequence.
+        let d = doc("/a%E2%82/%FF?k=%E2%82x", &[], "").unwrap();
+        assert_eq!(d["parsed_path"], json!(["a\u{FFFD}\u{FFFD}", "\u{FFFD}"]));
+        assert_eq!(d["parsed_query"], json!({"k": ["\u{FFFD}\u{FFFD}x"]}));
+        let form = parse_query(b"a=x\xffy&b=%E2%82&c=\xe2\x82").unwrap();
+        assert_eq!(
+            query_object(form),
+            json!({"a": ["x\u{FFFD}y"], "b": ["\u{FFFD}\u{FFFD}"], "c": ["\u{FFFD}\u{FFFD}"]})
+        );
+    }
+
+    #[test]
+    fn json_bodies_are_read_as_gos_decoder_reads_them() {
+        // Bytes that are not UTF-8 and lone surrogate escapes are U+FFFD;
+        // a pair, and an escaped backslash before `ud800`, are kept.
+        assert_eq!(
+            parse_json(b"{\"s\":\"a\xffb\xe2\x82\"}").unwrap(),
+            json!({"s": "a\u{FFFD}b\u{FFFD}\u{FFFD}"})
+        );
+        let escapes = br#"{"s":"\ud800\u0041\udc00","p":"\ud83d\ude00","e":"\\ud800"}"#;
+        assert_eq!(
+            parse_json(escapes).unwrap(),
+            json!({"s": "\u{FFFD}A\u{FFFD}", "p": "\u{1F600}", "e": "\\ud800"})
+        );
+        // Go reads one more token: a `null` one is fine, whatever follows.
+        assert_eq!(parse_json(b"{\"a\":1} null").unwrap(), json!({"a": 1}));
+        assert_eq!(parse_json(b"{}null]").unwrap(), json!({}));
+        for bad in [&b"{} {}"[..], b"{} true", b"{} x", b"{} \x0c", b"{\"a\":"] {
+            assert!(parse_json(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+        assert_eq!(
+            parse_json(b" \n").unwrap_err(),
+            InputError::Json("EOF".into())
+        );
+    }
+
+    #[test]
+    fn escape_errors_quote_the_bytes_as_go_does() {
+        // The three bytes from `%` cut `é` in half: strconv.Quote writes
+        // the stray byte as \xc3, a control as \x7f.
+        assert_eq!(
+            doc("/%a\u{e9}", &[], "").unwrap_err().body(),
+            "request_parse_error: invalid URL escape \"%a\\xc3\""
+        );
+        assert_eq!(
+            InputError::escape_at(b"/%\x7f\"x", 1).to_string(),
+            "invalid URL escape \"%\\x7f\\\"\""
+        );
+        assert_eq!(
+            InputError::escape_at("/%\u{e9}".as_bytes(), 1).to_string(),
+            "invalid URL escape \"%\u{e9}\""
+        );
     }
 }
