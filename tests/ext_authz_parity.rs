@@ -38,8 +38,8 @@
 //!   Meshward's echo must show the raw one in `input.meshward.raw_path`;
 //! - the JSON text of a malformed-JSON 400 (Go's words, not serde_json's:
 //!   status and code are compared);
-//! - multipart bodies, which Meshward does not parse (`parsed_body` null;
-//!   counted as `known_gap_multipart`, the rest of the input compared);
+//! - the texts of malformed multipart bodies' 400s (Go's `mime/multipart`
+//!   words them its own way; status and code are compared);
 //! - JSON numbers are compared by value: OPA keeps a number's literal text
 //!   (`1.50` stays `1.50` in `json.marshal`), regorus its value;
 //! - `input.meshward.raw_path` in the reference adapter is the canonical

@@ -36,13 +36,8 @@ Every request falls in exactly one class, each checked in its own way:
     parse_error_json     the same for a malformed JSON body; the texts are
                          Go's and serde_json's, so only status and code are
                          compared.
-    known_gap_multipart  multipart/form-data bodies, which Meshward does not
-                         parse (yet) and the plugin does, where the inputs
-                         differ: Meshward's parsed_body must be null and the
-                         rest of the input equal; or the plugin refuses a
-                         malformed multipart body Meshward accepts. Answers
-                         of decision bundles must still be equal, and a
-                         multipart case that is equal counts in its class.
+    parse_error_json     (also malformed multipart bodies: Go's mime/multipart
+                         and Meshward word their errors differently.)
 
 A request in identical/canonicalized whose answers differ (beyond the
 exclusions in the test's module docs) is a mismatch. Prints one JSON summary
@@ -803,12 +798,7 @@ class Run:
 
     def parse_errors(self, case, m, p):
         mn, pn = normalize(m), normalize(p)
-        if case["multipart"] and mn != pn and not self.parse_error(m) \
-                and pn["body"].startswith(PARSE_ERROR + "multipart:"):
-            # The plugin refuses a malformed multipart body; Meshward, which
-            # does not parse them, accepts it.
-            return self.count("known_gap_multipart")
-        json_error = case["label"]["body"].startswith(("json", "raw_mixed")) and not any(
+        json_error = case["label"]["body"].startswith(("json", "raw_mixed", "multipart")) and not any(
             t in pn["body"] for t in ("URL escape", "semicolon", "strconv.ParseInt", "query parameters"))
         if json_error:
             mn.pop("body", None)
@@ -832,18 +822,6 @@ class Run:
         m_path = m_input.get("attributes", {}).get("request", {}).get("http", {}).get("path")
         if m_path != case["canonical"]:
             return self.mismatch(case, f"Meshward judged {m_path!r}, not the canonical {case['canonical']!r}")
-        if case["multipart"] and not same(m_input, p_input):
-            # Meshward does not parse multipart bodies: parsed_body null
-            # (and not truncated), the rest as the plugin has it.
-            m_body = m_input.pop("parsed_body", None)
-            p_input.pop("parsed_body", None)
-            m_truncated = m_input.pop("truncated_body", None)
-            p_input.pop("truncated_body", None)
-            if m_body is not None or m_truncated:
-                return self.mismatch(case, "a multipart body parsed differently", m_body)
-            if not same(m_input, p_input):
-                return self.mismatch(case, "inputs differ: " + "; ".join(diff(m_input, p_input)))
-            return self.count("known_gap_multipart")
         if not same(m_input, p_input):
             return self.mismatch(case, "inputs differ: " + "; ".join(diff(m_input, p_input)))
         self.count(case["class"])
@@ -851,9 +829,7 @@ class Run:
     def compare_decisions(self, case, m, p):
         mn, pn = normalize(m), normalize(p)
         if mn != pn:
-            why = "the multipart body Meshward does not parse changed the answer" \
-                if case["multipart"] else "responses differ"
-            return self.mismatch(case, why, mn, pn)
+            return self.mismatch(case, "responses differ", mn, pn)
         self.count(case["class"])
         self.count("allowed" if pn["allowed"] else "denied")
 

@@ -15,7 +15,7 @@
 //! - `parsed_body` (always present, `null` when nothing was parsed) and
 //!   `truncated_body`: JSON when the content type *contains*
 //!   `application/json` (so `+json` types are not parsed), form fields for
-//!   `application/x-www-form-urlencoded`; the body is `body`, else
+//!   `application/x-www-form-urlencoded` and `multipart/form-data`; the body is `body`, else
 //!   `raw_body`. A `content-length` larger than the body, or
 //!   `x-envoy-auth-partial-body: true`, means truncated (nothing parsed); a
 //!   malformed length, JSON or form body refuses the request.
@@ -29,6 +29,7 @@ use envoy_types::pb::envoy::service::auth::v3::AttributeContext;
 use serde_json::{Map, Value, json};
 
 use super::input::{CallerFacts, Checkpoint, ServiceFacts};
+use super::multipart::{self, MultipartError};
 use super::protomap;
 
 /// Go's `urlmaxqueryparams` default.
@@ -60,6 +61,8 @@ pub enum InputError {
     ContentLength(String),
     #[error("{0}")]
     Json(String),
+    #[error("{0}")]
+    Multipart(#[from] MultipartError),
 }
 
 impl InputError {
@@ -147,13 +150,14 @@ fn parsed_body(
     let Some(content_type) = headers.get("content-type") else {
         return Ok((Value::Null, false));
     };
+    // The plugin's order: JSON, gRPC, form, multipart (substring tests).
     let json = content_type.contains("application/json");
-    let form = !json
-        && !content_type.contains("application/grpc")
-        && content_type.contains("application/x-www-form-urlencoded");
-    if !json && !form {
+    let grpc = !json && content_type.contains("application/grpc");
+    let form = !json && !grpc && content_type.contains("application/x-www-form-urlencoded");
+    let multipart = !json && !grpc && !form && content_type.contains("multipart/form-data");
+    if !json && !form && !multipart {
         // gRPC needs descriptor sets (not configured, as in the plugin
-        // without `proto-descriptor`); multipart is not parsed.
+        // without `proto-descriptor`).
         return Ok((Value::Null, false));
     }
     let payload: &[u8] = if !body.is_empty() {
@@ -173,8 +177,13 @@ fn parsed_body(
     }
     if json {
         Ok((parse_json(payload)?, false))
-    } else {
+    } else if form {
         Ok((query_object(parse_query(payload)?), false))
+    } else {
+        let Some(boundary) = multipart::boundary(content_type)? else {
+            return Ok((Value::Null, false));
+        };
+        Ok((multipart::parse(payload, &boundary)?, false))
     }
 }
 
@@ -572,5 +581,22 @@ mod tests {
             InputError::escape_at("/%\u{e9}".as_bytes(), 1).to_string(),
             "invalid URL escape \"%\u{e9}\""
         );
+    }
+
+    #[test]
+    fn multipart_bodies_are_form_fields() {
+        let ct = [("content-type", "multipart/form-data; boundary=zz")];
+        let body = "--zz\r\nContent-Disposition: form-data; name=\"q\"\r\n\r\nhi\r\n--zz--\r\n";
+        let d = doc("/", &ct, body).unwrap();
+        assert_eq!(d["parsed_body"], json!({"q": ["hi"]}));
+        let no_boundary = [("content-type", "multipart/form-data")];
+        assert_eq!(
+            doc("/", &no_boundary, body).unwrap()["parsed_body"],
+            Value::Null
+        );
+        assert!(matches!(
+            doc("/", &ct, "garbage").unwrap_err(),
+            InputError::Multipart(_)
+        ));
     }
 }
