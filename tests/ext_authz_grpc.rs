@@ -1,0 +1,210 @@
+//! Hostile and edge-case calls straight to the authorizer's gRPC services
+//! (no Envoy in between, so nothing cleans them up first): rate-limit
+//! descriptors without a caller, with a foreign one, for an unknown
+//! service, or asking for more than the burst; checks without attributes or
+//! with a path that has no canonical form; and the health service.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{SUPPORT_TRIAGE, TestMesh, eventually};
+use envoy_types::pb::envoy::extensions::common::ratelimit::v3::{
+    RateLimitDescriptor, rate_limit_descriptor::Entry,
+};
+use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+use envoy_types::pb::envoy::service::auth::v3::check_response::HttpResponse;
+use envoy_types::pb::envoy::service::auth::v3::{
+    AttributeContext, CheckRequest, attribute_context,
+};
+use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{Code, rate_limit::Unit};
+use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
+use meshward::UpOptions;
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+fn descriptor(entries: &[(&str, &str)]) -> RateLimitDescriptor {
+    RateLimitDescriptor {
+        entries: entries
+            .iter()
+            .map(|(k, v)| Entry {
+                key: k.to_string(),
+                value: v.to_string(),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+async fn mesh() -> (TestMesh, Channel, Channel) {
+    let mesh = TestMesh::start_with_options(
+        |_| {},
+        |opts: &mut UpOptions| {
+            opts.ext_authz = Some("127.0.0.1:0".parse().unwrap());
+            opts.rate_limit = Some("127.0.0.1:0".parse().unwrap());
+        },
+    )
+    .await;
+    let info = mesh.up().info.authorizer.clone().unwrap();
+    let channel = |addr: Option<String>| async move {
+        Channel::from_shared(format!("http://{}", addr.unwrap()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    };
+    let check = channel(info.ext_authz).await;
+    let rls = channel(info.rate_limit).await;
+    (mesh, check, rls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_descriptors_without_a_mesh_identity_are_over_limit() {
+    let (mesh, check, rls) = mesh().await;
+    let mut client = RateLimitServiceClient::new(rls);
+    let response = client
+        .should_rate_limit(RateLimitRequest {
+            domain: "meshward".into(),
+            descriptors: vec![
+                descriptor(&[("generic_key", "everyone")]),
+                descriptor(&[("caller", "spiffe://evil.org/agent/support-triage")]),
+                descriptor(&[("caller", "not a spiffe id")]),
+                descriptor(&[("caller", SUPPORT_TRIAGE), ("service", "no-such-service")]),
+                descriptor(&[("caller", SUPPORT_TRIAGE)]),
+            ],
+            hits_addend: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.overall_code, Code::OverLimit as i32);
+    let codes: Vec<i32> = response.statuses.iter().map(|s| s.code).collect();
+    let over = Code::OverLimit as i32;
+    assert_eq!(codes, [over, over, over, over, Code::Ok as i32]);
+    // The metered one says what is left of support-triage's own limit
+    // (5/s, burst 10); the refused ones name no limit.
+    let ok = &response.statuses[4];
+    let limit = ok.current_limit.as_ref().unwrap();
+    assert_eq!(
+        (limit.requests_per_unit, limit.unit),
+        (5, Unit::Second as i32)
+    );
+    assert_eq!(ok.limit_remaining, 9);
+    assert!(response.statuses[0].current_limit.is_none());
+
+    // Asking for more than the burst at once is over, and never UNKNOWN.
+    let response = client
+        .should_rate_limit(RateLimitRequest {
+            domain: "meshward".into(),
+            descriptors: vec![descriptor(&[("caller", SUPPORT_TRIAGE)])],
+            hits_addend: 100,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(response.overall_code, Code::OverLimit as i32);
+    assert!(
+        response
+            .response_headers_to_add
+            .iter()
+            .any(|h| h.key == "retry-after"),
+        "{:?}",
+        response.response_headers_to_add
+    );
+
+    // Health follows readiness (checked twice a second), for both services.
+    for (channel, service) in [
+        (check.clone(), "envoy.service.auth.v3.Authorization"),
+        (
+            client_channel(&mesh).await,
+            "envoy.service.ratelimit.v3.RateLimitService",
+        ),
+    ] {
+        let serving = eventually(Duration::from_secs(10), || {
+            let mut health = HealthClient::new(channel.clone());
+            async move {
+                health
+                    .check(HealthCheckRequest {
+                        service: service.into(),
+                    })
+                    .await
+                    .is_ok_and(|r| r.into_inner().status == ServingStatus::Serving as i32)
+            }
+        })
+        .await;
+        assert!(serving.is_some(), "{service} never SERVING");
+    }
+    mesh.shutdown().await;
+}
+
+async fn client_channel(mesh: &TestMesh) -> Channel {
+    let addr = mesh
+        .up()
+        .info
+        .authorizer
+        .clone()
+        .unwrap()
+        .rate_limit
+        .unwrap();
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_without_identity_or_a_canonical_path_are_denied() {
+    let (mesh, check, _) = mesh().await;
+    let mut client = AuthorizationClient::new(check);
+    let denied =
+        |r: &envoy_types::pb::envoy::service::auth::v3::CheckResponse| match &r.http_response {
+            Some(HttpResponse::DeniedResponse(d)) => d.status.as_ref().map_or(403, |s| s.code),
+            other => panic!("not denied: {other:?}"),
+        };
+
+    // Nothing at all: no principal, so denied before any policy.
+    let r = client
+        .check(CheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.status.as_ref().unwrap().code, 7);
+    assert_eq!(denied(&r), 403);
+
+    // A registered caller, but an encoded slash: no canonical form.
+    let request = |path: &str| CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(attribute_context::Peer {
+                principal: SUPPORT_TRIAGE.into(),
+                ..Default::default()
+            }),
+            request: Some(attribute_context::Request {
+                http: Some(attribute_context::HttpRequest {
+                    method: "POST".into(),
+                    host: "hello-skill".into(),
+                    path: path.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    };
+    let r = client
+        .check(request("/say%2Fhello"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(denied(&r), 400);
+    // The control: the canonical spelling is allowed.
+    let r = client
+        .check(request("/say-hello"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.status.as_ref().unwrap().code, 0, "{r:?}");
+    mesh.shutdown().await;
+}
