@@ -10,7 +10,7 @@
 //! answers (docs/ext_authz.md).
 
 use envoy_types::pb::envoy::config::accesslog::v3::{AccessLog, access_log};
-use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
 use envoy_types::pb::envoy::config::core::v3::{ApiVersion, GrpcService, grpc_service};
 use envoy_types::pb::envoy::extensions::access_loggers::grpc::v3::{
     CommonGrpcAccessLogConfig, HttpGrpcAccessLogConfig,
@@ -23,9 +23,9 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options;
 use envoy_types::pb::google::protobuf::{Any, UInt32Value};
-use meshward_contract::spec::{self, Endpoint};
+use meshward_contract::spec::Endpoint;
 
-use super::{any, duration, protocol_options, seconds};
+use super::{any, duration, seconds};
 
 /// The authorizer's cluster.
 pub const CLUSTER: &str = "meshward_ext_authz";
@@ -104,28 +104,17 @@ pub fn outcome_log() -> AccessLog {
 
 /// The authorizer beside the Envoy: h2 in plain text.
 pub fn cluster(at: &Endpoint) -> Cluster {
-    let discovery = match at {
-        Endpoint::Ip(_) => cluster::DiscoveryType::Static,
-        Endpoint::Dns { .. } => cluster::DiscoveryType::StrictDns,
-    };
-    Cluster {
-        name: CLUSTER.to_string(),
-        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(discovery as i32)),
-        connect_timeout: Some(seconds(2)),
-        load_assignment: Some(spec::load_assignment(CLUSTER, std::slice::from_ref(at))),
-        typed_extension_protocol_options: [(
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(),
-            protocol_options(http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
-                http_protocol_options::ExplicitHttpConfig {
-                    protocol_config: Some(
-                        http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
-                            Default::default(),
-                        ),
+    super::plain_cluster(
+        CLUSTER,
+        at,
+        http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+            http_protocol_options::ExplicitHttpConfig {
+                protocol_config: Some(
+                    http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                        Default::default(),
                     ),
-                },
-            )),
-        )]
-        .into(),
-        ..Default::default()
-    }
+                ),
+            },
+        ),
+    )
 }

@@ -24,7 +24,6 @@ use envoy_types::pb::envoy::config::core::v3::{
     SocketAddress, TransportSocket, address, api_config_source, config_source, grpc_service,
     header_value_option, socket_address, transport_socket,
 };
-use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain, Listener, filter};
 use envoy_types::pb::envoy::config::route::v3::{
     Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost, route, route_action,
@@ -537,31 +536,40 @@ pub fn inbound_routes(mesh: &Mesh, service: &str, authorized: bool) -> RouteConf
 /// The app beside an inbound Envoy, on loopback in plain text, speaking
 /// whatever the caller spoke (h2 for gRPC).
 pub fn local_app_cluster(backend: &Endpoint) -> Cluster {
-    let discovery = match backend {
+    plain_cluster(
+        LOCAL_APP,
+        backend,
+        http_protocol_options::UpstreamProtocolOptions::UseDownstreamProtocolConfig(
+            http_protocol_options::UseDownstreamHttpConfig {
+                http_protocol_options: Some(Http1ProtocolOptions::default()),
+                http2_protocol_options: Some(Http2ProtocolOptions::default()),
+                ..Default::default()
+            },
+        ),
+    )
+}
+
+/// A cluster of one endpoint in plain text (beside the Envoy, on the pod's
+/// loopback): STATIC for an IP, STRICT_DNS for a name.
+fn plain_cluster(
+    name: &str,
+    at: &Endpoint,
+    protocol: http_protocol_options::UpstreamProtocolOptions,
+) -> Cluster {
+    let discovery = match at {
         Endpoint::Ip(_) => cluster::DiscoveryType::Static,
         Endpoint::Dns { .. } => cluster::DiscoveryType::StrictDns,
     };
     Cluster {
-        name: LOCAL_APP.to_string(),
+        name: name.to_string(),
         cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(discovery as i32)),
         connect_timeout: Some(seconds(2)),
-        load_assignment: Some(ClusterLoadAssignment {
-            ..spec::load_assignment(LOCAL_APP, std::slice::from_ref(backend))
-        }),
+        load_assignment: Some(spec::load_assignment(name, std::slice::from_ref(at))),
         typed_extension_protocol_options: [(
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(),
-            protocol_options(
-                http_protocol_options::UpstreamProtocolOptions::UseDownstreamProtocolConfig(
-                    http_protocol_options::UseDownstreamHttpConfig {
-                        http_protocol_options: Some(Http1ProtocolOptions::default()),
-                        http2_protocol_options: Some(Http2ProtocolOptions::default()),
-                        ..Default::default()
-                    },
-                ),
-            ),
+            protocol_options(protocol),
         )]
-        .into_iter()
-        .collect(),
+        .into(),
         ..Default::default()
     }
 }
