@@ -2,7 +2,9 @@
 //! (no Envoy in between, so nothing cleans them up first): rate-limit
 //! descriptors without a caller, with a foreign one, for an unknown
 //! service, or asking for more than the burst; checks without attributes or
-//! with a path that has no canonical form; and the health service.
+//! with a path that has no canonical form; the health service; and the
+//! listener kinds (mTLS refusing a client without an SVID, Unix sockets)
+//! and dry run.
 
 mod common;
 
@@ -21,6 +23,10 @@ use envoy_types::pb::envoy::service::ratelimit::v3::RateLimitRequest;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{Code, rate_limit::Unit};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::RateLimitServiceClient;
 use meshward::UpOptions;
+use meshward_dataplane::extauthz::ExtAuthzSettings;
+use meshward_dataplane::grpc_server::{GrpcEndpoint, GrpcListener, GrpcTls};
+use meshward_dataplane::xds::XdsClientConfig;
+use meshward_dataplane::{Dataplane, DataplaneOptions, ExtAuthzListener};
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
@@ -206,5 +212,201 @@ async fn checks_without_identity_or_a_canonical_path_are_denied() {
         .unwrap()
         .into_inner();
     assert_eq!(r.status.as_ref().unwrap().code, 0, "{r:?}");
+    mesh.shutdown().await;
+}
+
+const MTLS_AUTHORIZER: &str = "spiffe://example.org/meshward/ext-authz-mtls";
+const DRY_AUTHORIZER: &str = "spiffe://example.org/meshward/ext-authz-dry";
+
+/// An authorizer dataplane of its own beside the mesh's control plane.
+async fn authorizer(
+    mesh: &TestMesh,
+    name: &str,
+    spiffe_id: &str,
+    ext_authz: ExtAuthzListener,
+    rate_limit: Option<GrpcEndpoint>,
+) -> Dataplane {
+    let up = mesh.up();
+    let socket = up.identity_server().register(spiffe_id).await.unwrap();
+    let identity = meshward_spire::IdentitySource::connect(
+        &socket.display().to_string(),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let dp = Dataplane::start(DataplaneOptions {
+        name: name.into(),
+        identity: identity.into(),
+        xds: XdsClientConfig {
+            address: up.info.controlplane.xds.clone(),
+            server_spiffe_id: Some(up.info.controlplane.spiffe_id.clone()),
+            node_id: name.into(),
+            cluster: "test".into(),
+        },
+        outbound: None,
+        inbound: None,
+        admin: None,
+        local_upstream: None,
+        request_timeout: Duration::from_secs(10),
+        metrics: None,
+        ext_authz: Some(ext_authz),
+        rate_limit,
+    })
+    .await
+    .unwrap();
+    dp.wait_ready(Duration::from_secs(20)).await.unwrap();
+    dp
+}
+
+/// A gRPC channel over a Unix socket.
+async fn unix_channel(path: std::path::PathBuf) -> Channel {
+    tonic::transport::Endpoint::try_from("http://authorizer.invalid")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                tokio::net::UnixStream::connect(path)
+                    .await
+                    .map(hyper_util::rt::TokioIo::new)
+            }
+        }))
+        .await
+        .unwrap()
+}
+
+fn triage_check(path: &str) -> CheckRequest {
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            source: Some(attribute_context::Peer {
+                principal: SUPPORT_TRIAGE.into(),
+                ..Default::default()
+            }),
+            request: Some(attribute_context::Request {
+                http: Some(attribute_context::HttpRequest {
+                    method: "GET".into(),
+                    host: "billing-system".into(),
+                    path: path.into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// ext_authz over mTLS (the caller's SVID required), the rate-limit
+/// service and a dry-run ext_authz on Unix sockets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorizers_listen_on_mtls_and_unix_sockets_and_dry_run_allows() {
+    let mesh = TestMesh::start_with(|yaml| {
+        *yaml = yaml.replacen(
+            "authorizers:\n",
+            &format!("authorizers:\n  - {MTLS_AUTHORIZER}\n  - {DRY_AUTHORIZER}\n"),
+            1,
+        );
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mtls_addr = tcp.local_addr().unwrap().to_string();
+    let rls_path = dir.path().join("rls.sock");
+    let mtls = authorizer(
+        &mesh,
+        "authorizer-mtls",
+        MTLS_AUTHORIZER,
+        ExtAuthzListener {
+            endpoint: GrpcEndpoint {
+                listener: GrpcListener::Tcp(tcp),
+                tls: GrpcTls::Mutual,
+            },
+            settings: ExtAuthzSettings::default(),
+        },
+        Some(GrpcEndpoint {
+            listener: GrpcListener::Unix {
+                listener: tokio::net::UnixListener::bind(&rls_path).unwrap(),
+                path: rls_path.clone(),
+            },
+            tls: GrpcTls::Plain,
+        }),
+    )
+    .await;
+    let dry_path = dir.path().join("dry.sock");
+    let dry = authorizer(
+        &mesh,
+        "authorizer-dry",
+        DRY_AUTHORIZER,
+        ExtAuthzListener {
+            endpoint: GrpcEndpoint {
+                listener: GrpcListener::Unix {
+                    listener: tokio::net::UnixListener::bind(&dry_path).unwrap(),
+                    path: dry_path.clone(),
+                },
+                tls: GrpcTls::Plain,
+            },
+            settings: ExtAuthzSettings {
+                dry_run: true,
+                ..Default::default()
+            },
+        },
+        None,
+    )
+    .await;
+
+    // mTLS: a client with an SVID of the trust domain gets decisions ...
+    let ca = mesh.up().identity_server().test_ca();
+    let svid = ca.issue(SUPPORT_TRIAGE, Duration::from_secs(600)).unwrap();
+    let channel = meshward_spire::grpc::channel(&mtls_addr, svid.client_config(&[b"h2"]).unwrap())
+        .await
+        .unwrap();
+    let r = AuthorizationClient::new(channel)
+        .check(triage_check("/invoices"))
+        .await
+        .unwrap()
+        .into_inner();
+    // support-triage may not read billing-system's invoices.
+    assert_eq!(r.status.unwrap().code, 7);
+    // ... and one without a certificate gets no answer at all.
+    let anonymous = meshward_spire::test_util::anonymous_client_config(&[b"h2"]).unwrap();
+    let refused = match meshward_spire::grpc::channel(&mtls_addr, anonymous).await {
+        Err(_) => true,
+        Ok(channel) => AuthorizationClient::new(channel)
+            .check(triage_check("/invoices"))
+            .await
+            .is_err(),
+    };
+    assert!(refused, "a client without an SVID was answered");
+
+    // The rate-limit service on its Unix socket.
+    let r = RateLimitServiceClient::new(unix_channel(rls_path).await)
+        .should_rate_limit(RateLimitRequest {
+            domain: "meshward".into(),
+            descriptors: vec![descriptor(&[("caller", SUPPORT_TRIAGE)])],
+            hits_addend: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.overall_code, Code::Ok as i32);
+
+    // Dry run: the same denied request is allowed (the real decision is
+    // logged), and a request the mesh refuses before policy too.
+    let mut dry_client = AuthorizationClient::new(unix_channel(dry_path).await);
+    let r = dry_client
+        .check(triage_check("/invoices"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.status.unwrap().code, 0);
+    assert!(matches!(r.http_response, Some(HttpResponse::OkResponse(_))));
+    let r = dry_client
+        .check(CheckRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.status.unwrap().code, 0);
+
+    mtls.shutdown().await;
+    dry.shutdown().await;
     mesh.shutdown().await;
 }
