@@ -26,6 +26,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
     about = "Identity-aware mesh for AI agents"
 )]
 struct Cli {
+    /// Log filter (`info`, `debug`, `meshward_dataplane=debug,info`, ...);
+    /// default: `RUST_LOG`, else `info`.
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+    /// `text` (coloured only on a terminal) or `json` (one object per line).
+    #[arg(long, global = true, value_enum, default_value_t = telemetry::LogFormat::Text)]
+    log_format: telemetry::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -206,7 +213,7 @@ enum SpireCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init_tracing("info");
+    telemetry::init_logging(cli.log_level.as_deref(), cli.log_format, "info");
     raise_nofile_limit();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,

@@ -24,12 +24,41 @@ pub fn prometheus() -> Option<PrometheusHandle> {
         .clone()
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines; coloured only when stderr is a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line (timestamp, level, target, fields).
+    Json,
+}
+
 /// Logs to stderr; `RUST_LOG` overrides the default level.
 pub fn init_tracing(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
+    init_logging(None, LogFormat::Text, default);
+}
+
+/// Logs to stderr at `level` (an `EnvFilter` directive such as `info` or
+/// `meshward_dataplane=debug,info`), else `RUST_LOG`, else `default`, in
+/// `format`. Colour codes are written only to a terminal, so a log file or
+/// a collector never sees escape sequences.
+pub fn init_logging(level: Option<&str>, format: LogFormat, default: &str) {
+    use std::io::IsTerminal;
+    let filter = match level {
+        Some(l) => tracing_subscriber::EnvFilter::try_new(l).unwrap_or_else(|e| {
+            eprintln!("meshward: --log-level {l:?}: {e}; using {default:?}");
+            tracing_subscriber::EnvFilter::new(default)
+        }),
+        None => tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default)),
+    };
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .try_init();
+        .with_ansi(std::io::stderr().is_terminal());
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
 }

@@ -78,6 +78,11 @@ struct UpProcess {
 
 impl UpProcess {
     fn start(shell: &str) -> UpProcess {
+        Self::start_with(shell, &[]).0
+    }
+
+    /// Also returns the lines logged up to and including "mesh ready".
+    fn start_with(shell: &str, args: &[&str]) -> (UpProcess, Vec<String>) {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state");
         let mut child = Command::new("sh")
@@ -87,6 +92,7 @@ impl UpProcess {
             .arg(&state)
             // Tests run side by side: not DESIGN.md's fixed 9191.
             .args(["--ext-authz", "127.0.0.1:0", "--rate-limit", "127.0.0.1:0"])
+            .args(args)
             .current_dir(repo())
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
@@ -104,21 +110,25 @@ impl UpProcess {
             }
         });
         let deadline = Instant::now() + Duration::from_secs(60);
+        let mut seen = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = rx.recv_timeout(left).expect("mesh ready within 60s");
-            if line.contains("mesh ready") {
+            let ready = line.contains("mesh ready");
+            seen.push(line);
+            if ready {
                 break;
             }
         }
         let info =
             serde_json::from_str(&std::fs::read_to_string(state.join("up.json")).unwrap()).unwrap();
-        UpProcess {
+        let up = UpProcess {
             child,
             _dir: dir,
             info,
             lines: rx,
-        }
+        };
+        (up, seen)
     }
 
     fn pid(&self) -> String {
@@ -172,7 +182,12 @@ impl Drop for UpProcess {
 fn up_serves_writes_up_json_and_stops_on_sigterm() {
     // Started with a small soft descriptor limit, to see the process raise
     // it to the hard limit.
-    let up = UpProcess::start("ulimit -Sn 256");
+    let (up, lines) = UpProcess::start_with("ulimit -Sn 256", &[]);
+    // Logging to a pipe: no colour codes.
+    assert!(
+        lines.iter().all(|l| !l.contains('\u{1b}')),
+        "escape sequences in {lines:?}"
+    );
     let outbound = up.addr("agents", "support-triage", "outbound");
     // A request through the real binary, with a plain HTTP/1.1 exchange.
     let reply = http_post(
@@ -190,6 +205,26 @@ fn up_serves_writes_up_json_and_stops_on_sigterm() {
     assert_eq!(soft, hard, "soft RLIMIT_NOFILE was not raised");
     let status = up.terminate();
     assert!(status.success(), "exit status {status}");
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_at_the_level_asked() {
+    let (up, lines) =
+        UpProcess::start_with("true", &["--log-format", "json", "--log-level", "info"]);
+    for line in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v["timestamp"].is_string() && v["level"].is_string(),
+            "{line}"
+        );
+        assert_ne!(v["level"], "DEBUG", "{line}");
+    }
+    let ready: serde_json::Value = serde_json::from_str(lines.last().unwrap()).unwrap();
+    assert_eq!(ready["message"], "mesh ready");
+    assert_eq!(ready["level"], "INFO");
+    assert!(ready["agents"].is_number(), "{ready}");
+    assert!(up.terminate().success());
 }
 
 /// CPU seconds (user + system) a process has used, from /proc.
