@@ -6,22 +6,43 @@
 
 use std::sync::OnceLock;
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
 /// The process's Prometheus handle, installing the recorder on first use.
 /// `None` if another recorder was installed first (metrics then go there).
 pub fn prometheus() -> Option<PrometheusHandle> {
-    HANDLE
-        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
-            Ok(h) => Some(h),
-            Err(e) => {
-                tracing::warn!("metrics recorder not installed: {e}");
-                None
-            }
-        })
-        .clone()
+    HANDLE.get_or_init(install).clone()
+}
+
+/// Request durations are histograms (aggregatable across instances, unlike
+/// summaries) with buckets for a sub-millisecond hop up to a slow upstream.
+const DURATION_BUCKETS: &[f64] = &[
+    0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+fn install() -> Option<PrometheusHandle> {
+    let builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Suffix("_duration_seconds".into()),
+            DURATION_BUCKETS,
+        )
+        .map_err(|e| tracing::warn!("histogram buckets: {e}"))
+        .ok()?;
+    match builder.install_recorder() {
+        Ok(h) => {
+            meshward_dataplane::metrics::describe();
+            meshward_controlplane::xds::describe_metrics();
+            meshward_spire::identity::describe_metrics();
+            Some(h)
+        }
+        Err(e) => {
+            tracing::warn!("metrics recorder not installed: {e}");
+            None
+        }
+    }
 }
 
 /// How log lines are written.

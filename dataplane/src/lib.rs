@@ -14,6 +14,7 @@ pub mod extauthz;
 pub mod grpc_server;
 pub mod identity;
 pub mod listener;
+pub mod metrics;
 pub mod pipeline;
 pub mod policy;
 pub mod proxy;

@@ -35,11 +35,24 @@ use crate::config::Mesh;
 use crate::snapshot::{self, ClientKind, NodeIdentity, Snapshot, SnapshotCache};
 
 /// Counter: responses sent, labelled `type_url` and `protocol` (`sotw`/`delta`).
-pub const METRIC_PUSHES: &str = "xds_pushes_total";
+pub const METRIC_PUSHES: &str = "meshward_xds_pushes_total";
 /// Counter: NACKs received, labelled `type_url` and `protocol`.
-pub const METRIC_NACKS: &str = "xds_nacks_total";
+pub const METRIC_NACKS: &str = "meshward_xds_nacks_total";
 /// Gauge: ADS streams currently open.
-pub const METRIC_STREAMS: &str = "xds_connected_streams";
+pub const METRIC_STREAMS: &str = "meshward_xds_connected_streams";
+
+/// Describes the control plane's metric families on the installed recorder.
+pub fn describe_metrics() {
+    metrics::describe_counter!(
+        METRIC_PUSHES,
+        "xDS responses sent to clients, by type URL and protocol (sotw, delta)."
+    );
+    metrics::describe_counter!(
+        METRIC_NACKS,
+        "xDS responses clients rejected (NACK), by type URL and protocol."
+    );
+    metrics::describe_gauge!(METRIC_STREAMS, "xDS streams open on the control plane.");
+}
 
 /// Responses buffered per stream before the session waits for the client.
 const STREAM_BUFFER: usize = 16;

@@ -31,7 +31,7 @@ use crate::state::MeshState;
 use cache::Caches;
 
 /// Counter: responses handled, labelled `type_url` and `result` (`ack`/`nack`).
-pub const METRIC_UPDATES: &str = "xds_client_updates_total";
+pub const METRIC_UPDATES: &str = "meshward_xds_client_updates_total";
 
 /// First reconnect delay; doubles per failed attempt up to [`BACKOFF_MAX`].
 pub const BACKOFF_MIN: Duration = Duration::from_millis(100);

@@ -8,6 +8,19 @@ pub const METRIC_SVID_EXPIRY: &str = "meshward_svid_expiry_timestamp_seconds";
 /// Counter: SVID rotations seen (a new leaf replacing an earlier one).
 pub const METRIC_SVID_ROTATIONS: &str = "meshward_svid_rotations_total";
 
+/// Describes the identity metric families on the installed recorder.
+pub fn describe() {
+    metrics::describe_gauge!(
+        METRIC_SVID_EXPIRY,
+        metrics::Unit::Seconds,
+        "notAfter of the workload's current X.509-SVID, as a Unix timestamp, by SPIFFE ID."
+    );
+    metrics::describe_counter!(
+        METRIC_SVID_ROTATIONS,
+        "X.509-SVID rotations seen (a new leaf replacing the previous one)."
+    );
+}
+
 /// Publishes [`METRIC_SVID_EXPIRY`] and [`METRIC_SVID_ROTATIONS`] for `identity`,
 /// labelled with `labels` plus `spiffe_id`, until the identity is dropped.
 /// Uses whatever `metrics` recorder the process installed.

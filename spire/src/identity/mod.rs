@@ -37,7 +37,9 @@ mod x509;
 pub use endpoint::{SPIFFE_ENDPOINT_SOCKET, normalize_endpoint};
 pub use error::{IdentityError, error_chain};
 pub use link::{BACKOFF_MAX, BACKOFF_MIN, WorkloadApiLink};
-pub use metrics::{METRIC_SVID_EXPIRY, METRIC_SVID_ROTATIONS, export_svid_metrics};
+pub use metrics::{
+    METRIC_SVID_EXPIRY, METRIC_SVID_ROTATIONS, describe as describe_metrics, export_svid_metrics,
+};
 pub use source::IdentitySource;
 pub use svid::SvidInfo;
 pub use workload::WorkloadIdentity;
