@@ -405,6 +405,21 @@ async fn authorizers_listen_on_mtls_and_unix_sockets_and_dry_run_allows() {
         .unwrap()
         .into_inner();
     assert_eq!(r.status.unwrap().code, 0);
+    // ... but never with a forged identity header.
+    let mut forged = triage_check("/invoices");
+    let attributes = forged.attributes.as_mut().unwrap();
+    attributes.source = None;
+    let http = attributes.request.as_mut().unwrap().http.as_mut().unwrap();
+    http.headers
+        .insert("x-agent-id".into(), SUPPORT_TRIAGE.into());
+    let r = dry_client.check(forged).await.unwrap().into_inner();
+    match r.http_response {
+        Some(HttpResponse::OkResponse(ok)) => {
+            assert_eq!(ok.headers_to_remove, ["x-agent-id"]);
+            assert!(ok.headers.is_empty(), "{:?}", ok.headers);
+        }
+        other => panic!("{other:?}"),
+    }
 
     mtls.shutdown().await;
     dry.shutdown().await;

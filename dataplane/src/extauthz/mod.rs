@@ -140,17 +140,19 @@ impl ExtAuthz {
             own_service: upstream.clone(),
         };
         let doc = input(attributes, &path, raw_path, &identity, upstream.as_deref())?;
-        let decision = match judge(
+        let mut decision = match judge(
             &identity,
             upstream.as_deref(),
             Checkpoint::ExtAuthz,
             &doc,
             &self.shared.limiter,
         ) {
+            // Allowed by configuration, but still metered and still
+            // stripped of forged identity headers below.
             Err(Refusal::PolicyError(e)) if self.settings.allow_on_policy_error => {
                 tracing::warn!(dataplane = %self.shared.name, request_id,
                     "ext_authz: policy error, allowed by configuration: {e}");
-                return Ok(Decision::allow());
+                Decision::allow()
             }
             other => other?,
         };
@@ -172,8 +174,7 @@ impl ExtAuthz {
                 _ => admitted.breaker.abandon(),
             }
         }
-        let mut decision = decision;
-        assert_identity(&mut decision, attributes, &identity);
+        assert_identity(&mut decision, attributes, Some(&identity));
         Ok(decision)
     }
 
@@ -229,14 +230,22 @@ async fn expire(pending: Arc<Pending>, stop: CancellationToken) {
 /// registry, set after the policy's own headers so they win; and every
 /// mesh-asserted header the client sent (`x-agent-*`, `x-meshward-*`, any
 /// spelling) removed. A rate-limit action can then read the caller from
-/// `x-agent-id`. `x-request-id` is Envoy's and stays.
-fn assert_identity(decision: &mut Decision, attributes: &AttributeContext, identity: &Identity) {
+/// `x-agent-id`. `x-request-id` is Envoy's and stays. Without an identity
+/// (a dry-run allow of a request the mesh refused) only the stripping
+/// happens.
+fn assert_identity(
+    decision: &mut Decision,
+    attributes: &AttributeContext,
+    identity: Option<&Identity>,
+) {
     let mut set = http::HeaderMap::new();
-    headers::set_identity(
-        &mut set,
-        &identity.caller_id,
-        identity.caller.as_deref().map(|c| &c.attributes),
-    );
+    if let Some(identity) = identity {
+        headers::set_identity(
+            &mut set,
+            &identity.caller_id,
+            identity.caller.as_deref().map(|c| &c.attributes),
+        );
+    }
     let sent = attributes
         .request
         .as_ref()
@@ -340,7 +349,12 @@ impl Authorization for ExtAuthz {
         )
         .increment(1);
         let outcome = match outcome {
-            Err(_) if self.settings.dry_run => Ok(Decision::allow()),
+            // Dry run lets it through, but never with forged mesh headers.
+            Err(_) if self.settings.dry_run => {
+                let mut allow = Decision::allow();
+                assert_identity(&mut allow, &attributes, None);
+                Ok(allow)
+            }
             other => other,
         };
         Ok(Response::new(response::render(
@@ -433,7 +447,7 @@ mod tests {
         }
         let mut d = Decision::allow();
         d.headers = vec![("x-agent-id".into(), "policy-says".into())];
-        assert_identity(&mut d, &a, &identity);
+        assert_identity(&mut d, &a, Some(&identity));
         let set: Vec<_> = d
             .headers
             .iter()
@@ -443,5 +457,17 @@ mod tests {
         let mut removed = d.request_headers_to_remove.clone();
         removed.sort();
         assert_eq!(removed, ["x-agent_role", "x-meshward-refusal"]);
+
+        // No identity (a dry-run allow of a refused request): every forged
+        // mesh header goes, nothing is set.
+        let mut d = Decision::allow();
+        assert_identity(&mut d, &a, None);
+        assert!(d.headers.is_empty());
+        let mut removed = d.request_headers_to_remove.clone();
+        removed.sort();
+        assert_eq!(
+            removed,
+            ["x-agent-id", "x-agent_role", "x-meshward-refusal"]
+        );
     }
 }
