@@ -97,6 +97,10 @@ const POOL: usize = 1000;
 const OK: i32 = 0;
 const PERMISSION_DENIED: i32 = 7;
 
+#[path = "common/proc_usage.rs"]
+mod proc_usage;
+use proc_usage::{Usage, usage};
+
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
 fn main() -> Result<(), Error> {
@@ -1106,41 +1110,4 @@ impl Sample {
             self.rss_kib as f64 / 1024.0,
         )
     }
-}
-
-/// A process's CPU seconds (user + system) and resident set.
-struct Usage {
-    cpu: f64,
-    rss_kib: u64,
-}
-
-fn usage(pid: u32) -> Result<Usage, Error> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the command name (which may hold spaces) start at 3.
-    let rest = stat.rsplit_once(')').ok_or("bad stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or("no VmRSS")?;
-    Ok(Usage {
-        cpu: ticks / clock_ticks(),
-        rss_kib,
-    })
-}
-
-fn clock_ticks() -> f64 {
-    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| {
-        Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8(o.stdout).ok())
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(100.0)
-    })
 }
