@@ -61,6 +61,8 @@ enum Command {
         /// Run no rate-limit server.
         #[arg(long)]
         no_rate_limit: bool,
+        #[command(flatten)]
+        observe: telemetry::ObserveArgs,
     },
     /// Check a mesh file; prints every error with file, line and field.
     Validate { file: PathBuf },
@@ -104,6 +106,8 @@ enum Command {
         /// Require mTLS on a TCP rate-limit listener.
         #[arg(long = "rate-limit-mtls")]
         rate_limit_mtls: bool,
+        #[command(flatten)]
+        observe: telemetry::ObserveArgs,
     },
     /// Print the bootstrap of a proxy that takes its configuration from the
     /// control plane.
@@ -300,9 +304,11 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             no_ext_authz,
             rate_limit,
             no_rate_limit,
+            observe,
         } => {
             let config = locate_default(config);
             let mut opts = UpOptions::new(config, &state_dir);
+            opts.observe = observe.settings()?;
             opts.ext_authz = (!no_ext_authz).then_some(ext_authz);
             opts.rate_limit = (!no_rate_limit).then_some(rate_limit);
             let up = Up::start(opts).await?;
@@ -364,7 +370,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             ext_authz,
             rate_limit,
             rate_limit_mtls,
+            observe,
         } => {
+            let observe = meshward_dataplane::observe::Sinks::open(&observe.settings()?)?
+                .for_dataplane(&name)?;
             // Starts without waiting for the Workload API: /ready says why
             // the dataplane is not ready until the first SVID arrives.
             let identity = meshward_spire::WorkloadIdentity::connect_env()?;
@@ -380,6 +389,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             };
             let dp = meshward_dataplane::Dataplane::start(meshward_dataplane::DataplaneOptions {
                 name: name.clone(),
+                observe,
                 identity,
                 xds: meshward_dataplane::xds::XdsClientConfig {
                     address: xds,

@@ -36,6 +36,8 @@ fn install() -> Option<PrometheusHandle> {
             meshward_dataplane::metrics::describe();
             meshward_controlplane::xds::describe_metrics();
             meshward_spire::identity::describe_metrics();
+            meshward_dataplane::observe::describe_metrics();
+            meshward_telemetry::describe_metrics();
             Some(h)
         }
         Err(e) => {
@@ -82,4 +84,44 @@ pub fn init_logging(level: Option<&str>, format: LogFormat, default: &str) {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+}
+
+/// Traces and request logs, on `meshward up` and `meshward dataplane`.
+/// Traces follow the OpenTelemetry environment (`OTEL_EXPORTER_OTLP_ENDPOINT`
+/// and friends); the logs follow these flags.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ObserveArgs {
+    /// Access log, one JSON line per request: `stdout`, `stderr` or a file
+    /// (appended to).
+    #[arg(long, value_name = "stdout|stderr|PATH")]
+    access_log: Option<meshward_dataplane::observe::LogTarget>,
+    /// Decision log in OPA's decision-log format, one JSON line per policy
+    /// decision: `stdout`, `stderr` or a file (appended to).
+    #[arg(long, value_name = "stdout|stderr|PATH")]
+    decision_log: Option<meshward_dataplane::observe::LogTarget>,
+    /// A JSON pointer erased from every decision-log event, such as
+    /// `/input/parsed_body` (repeat for more). Replaces the default, which
+    /// erases the `authorization`, `proxy-authorization` and `cookie`
+    /// headers; `none` erases nothing.
+    #[arg(long = "decision-log-mask", value_name = "POINTER")]
+    decision_log_mask: Vec<String>,
+}
+
+impl ObserveArgs {
+    /// The settings these flags and the environment describe; a bad
+    /// `OTEL_*` variable is an error naming it.
+    pub fn settings(&self) -> anyhow::Result<meshward_dataplane::observe::ObserveSettings> {
+        use meshward_dataplane::observe::DecisionLog;
+        let mask = match self.decision_log_mask.as_slice() {
+            [] => DecisionLog::default_mask(),
+            [none] if none == "none" => Vec::new(),
+            given => given.to_vec(),
+        };
+        Ok(meshward_dataplane::observe::ObserveSettings {
+            tracing: meshward_telemetry::TracingConfig::resolve(None)?,
+            access_log: self.access_log.clone(),
+            decision_log: self.decision_log.clone(),
+            decision_log_mask: mask,
+        })
+    }
 }

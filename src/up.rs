@@ -29,6 +29,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::{skill, telemetry};
+use meshward_dataplane::observe::{ObserveSettings, Sinks};
 
 /// How to run the mesh.
 #[derive(Debug, Clone)]
@@ -53,6 +54,8 @@ pub struct UpOptions {
     pub ext_authz: Option<SocketAddr>,
     /// Where the same dataplane answers Envoy's rate-limit service calls.
     pub rate_limit: Option<SocketAddr>,
+    /// Traces and request logs for every dataplane.
+    pub observe: ObserveSettings,
 }
 
 impl UpOptions {
@@ -66,6 +69,7 @@ impl UpOptions {
             external_services: Default::default(),
             ext_authz: None,
             rate_limit: None,
+            observe: ObserveSettings::default(),
         }
     }
 }
@@ -263,6 +267,7 @@ impl Up {
             node_id: node.to_string(),
             cluster: "meshward-up".to_string(),
         };
+        let sinks = Sinks::open(&opts.observe)?;
         let mut dataplanes = Vec::new();
         let mut services = Vec::new();
         for (name, ((inbound, inbound_addr), (admin, admin_addr), (skill_listener, backend))) in
@@ -277,6 +282,7 @@ impl Up {
             dataplanes.push(
                 Dataplane::start(DataplaneOptions {
                     name: format!("{name}-inbound"),
+                    observe: sinks.for_dataplane(&format!("{name}-inbound"))?,
                     identity: source.into(),
                     xds: xds(&format!("{name}-inbound")),
                     outbound: None,
@@ -307,6 +313,7 @@ impl Up {
             dataplanes.push(
                 Dataplane::start(DataplaneOptions {
                     name: agent.name.clone(),
+                    observe: sinks.for_dataplane(&agent.name)?,
                     identity: source.into(),
                     xds: xds(&agent.name),
                     outbound: Some(outbound),
@@ -359,6 +366,7 @@ impl Up {
             dataplanes.push(
                 Dataplane::start(DataplaneOptions {
                     name: "authorizer".into(),
+                    observe: sinks.for_dataplane("authorizer")?,
                     identity: source.into(),
                     xds: xds("authorizer"),
                     outbound: None,

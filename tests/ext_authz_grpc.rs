@@ -236,6 +236,7 @@ async fn authorizer(
     .unwrap();
     let dp = Dataplane::start(DataplaneOptions {
         name: name.into(),
+        observe: Default::default(),
         identity: identity.into(),
         xds: XdsClientConfig {
             address: up.info.controlplane.xds.clone(),

@@ -158,6 +158,7 @@ impl World {
         let service_identity = lazy(dev, SERVICE).await;
         let service = Dataplane::start(DataplaneOptions {
             name: format!("{name}-echo"),
+            observe: Default::default(),
             identity: service_identity.clone(),
             xds: xds("echo"),
             outbound: None,
@@ -173,6 +174,7 @@ impl World {
         .expect("service dataplane");
         let agent = Dataplane::start(DataplaneOptions {
             name: format!("{name}-a"),
+            observe: Default::default(),
             identity: agent_identity.clone(),
             xds: xds("a"),
             outbound: Some(bind().await.0),

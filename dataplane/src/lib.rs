@@ -15,6 +15,7 @@ pub mod grpc_server;
 pub mod identity;
 pub mod listener;
 pub mod metrics;
+pub mod observe;
 pub mod pipeline;
 pub mod policy;
 pub mod proxy;

@@ -22,6 +22,7 @@ use crate::admin::{self, AdminSource};
 use crate::extauthz::{ExtAuthz, ExtAuthzSettings};
 use crate::grpc_server::{self, GrpcEndpoint};
 use crate::listener::{Listener, ListenerKind, ListenerLimits};
+use crate::observe::Observability;
 use crate::pipeline::refusal::NotReady;
 use crate::proxy::{self, Shared, upstream::MeshClient};
 use crate::ratelimit::service::RateLimitServer;
@@ -50,6 +51,8 @@ pub struct DataplaneOptions {
     pub ext_authz: Option<ExtAuthzListener>,
     /// Envoy's rate-limit v3 service (DESIGN.md's port 8081).
     pub rate_limit: Option<GrpcEndpoint>,
+    /// Traces, access and decision logs (all off by default).
+    pub observe: Observability,
 }
 
 /// An ext_authz listener and how it reads its checks.
@@ -193,14 +196,16 @@ impl Dataplane {
         let mut tasks = Vec::new();
         let (state_tx, state) = watch::channel(None);
 
-        let shared = Arc::new(Shared::new(
+        let mut shared = Shared::new(
             name.clone(),
             identity.clone(),
             state.clone(),
             MeshClient::new(identity.clone()),
             opts.local_upstream,
             opts.request_timeout,
-        ));
+        );
+        shared.observe = opts.observe;
+        let shared = Arc::new(shared);
         let mut addrs = DataplaneAddrs::default();
         if let Some(l) = opts.outbound {
             addrs.outbound = l.local_addr().ok();

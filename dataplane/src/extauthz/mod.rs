@@ -39,13 +39,14 @@ pub use caller::CallerError;
 use outcomes::{Outcomes, Pending};
 
 use crate::canonical;
-use crate::pipeline::authorize::judge;
+use crate::pipeline::authorize::{Audit, judge};
 use crate::pipeline::identify::Identity;
 use crate::pipeline::refusal::{BadRequest, Denial, NotReady, Refusal};
 use crate::pipeline::{admit, headers};
 use crate::policy::{CallerFacts, Checkpoint, Decision, MeshFacts, ServiceFacts, document};
 use crate::proxy::Shared;
 use crate::state::{MeshState, PathRules, Upstream};
+use meshward_telemetry::{HopSpan, SpanKind};
 
 /// The `context_extensions` key that names the destination service (set it
 /// per route or virtual host in Envoy's `ext_authz` per-route config).
@@ -108,6 +109,8 @@ impl ExtAuthz {
         attributes: &AttributeContext,
         request_id: &str,
         decision_id: &str,
+        mut audit: Option<&mut Audit<'_>>,
+        span: &mut HopSpan,
     ) -> Result<Decision, Refusal> {
         let own = self.shared.own_spiffe_id().map_err(NotReady::Identity)?;
         let state = self.shared.current_state().ok_or(NotReady::NoConfig)?;
@@ -118,8 +121,12 @@ impl ExtAuthz {
             .to_string();
         let caller_id = caller::caller(attributes, &self.settings.trusted_proxies, &trust_domain)
             .map_err(|e| Refusal::Forbidden(Denial::plain(e.to_string())))?;
+        span.set("meshward.caller", caller_id.clone());
         let http = attributes.request.as_ref().and_then(|r| r.http.as_ref());
         let upstream = self.service(attributes, &state);
+        if let Some(u) = &upstream {
+            span.set("meshward.service", u.service.name.clone());
+        }
         let raw_path = http.map_or("", |h| h.path.as_str());
         let rules = upstream
             .as_ref()
@@ -146,6 +153,7 @@ impl ExtAuthz {
             Checkpoint::ExtAuthz,
             &doc,
             &self.shared.limiter,
+            audit.as_deref_mut(),
         ) {
             // Allowed by configuration, but still metered and still
             // stripped of forged identity headers below.
@@ -206,6 +214,54 @@ fn service(
             .or(configured)
             .or_else(|| host.and_then(crate::route::service_of_host))?;
         state.clusters.get(name).cloned()
+    }
+}
+
+/// The W3C trace context of the request being checked: the check's span
+/// joins the agent's trace (Envoy forwards `traceparent` in the request's
+/// headers).
+fn trace_context(attributes: &AttributeContext) -> http::HeaderMap {
+    let mut headers = http::HeaderMap::new();
+    let Some(http) = attributes.request.as_ref().and_then(|r| r.http.as_ref()) else {
+        return headers;
+    };
+    for name in ["traceparent", "tracestate"] {
+        if let Some(v) = http
+            .headers
+            .get(name)
+            .and_then(|v| http::HeaderValue::from_str(v).ok())
+        {
+            headers.insert(name, v);
+        }
+    }
+    headers
+}
+
+/// The check span's RPC attributes and what was decided.
+fn span_attributes(
+    span: &mut HopSpan,
+    request_id: &str,
+    verdict: Option<crate::observe::record::Verdict>,
+    outcome: &Result<Decision, Refusal>,
+) {
+    span.set("rpc.system", "grpc");
+    span.set("rpc.service", "envoy.service.auth.v3.Authorization");
+    span.set("rpc.method", "Check");
+    span.set("meshward.direction", "ext_authz");
+    span.set("meshward.request_id", request_id.to_string());
+    if let Some(v) = verdict {
+        span.set(
+            "meshward.decision",
+            if v.allowed { "allow" } else { "deny" },
+        );
+        span.set("meshward.policy_revision", v.revision);
+        if let Some(id) = v.decision_id {
+            span.set("meshward.decision_id", id);
+        }
+    }
+    if let Err(refusal) = outcome {
+        span.set("meshward.refusal", refusal.kind());
+        span.set("meshward.refusal_reason", refusal.to_string());
     }
 }
 
@@ -319,6 +375,9 @@ impl Authorization for ExtAuthz {
         &self,
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
+        let requested_by = request
+            .remote_addr()
+            .unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
         let check = request.into_inner();
         let attributes = check.attributes.unwrap_or_default();
         let request_id = attributes
@@ -330,7 +389,31 @@ impl Authorization for ExtAuthz {
             .cloned()
             .unwrap_or_else(headers::new_request_id);
         let decision_id = uuid::Uuid::new_v4().to_string();
-        let outcome = self.decide(&attributes, &request_id, &decision_id);
+        let observe = &self.shared.observe;
+        let mut span = observe.tracing.hop(
+            SpanKind::Server,
+            "envoy.service.auth.v3.Authorization/Check",
+            &trace_context(&attributes),
+        );
+        let mut audit = observe.is_on().then(|| Audit {
+            decision_id: Some(decision_id.clone()),
+            ..Audit::new(observe.decision_log.as_ref(), requested_by)
+        });
+        let outcome = self.decide(
+            &attributes,
+            &request_id,
+            &decision_id,
+            audit.as_mut(),
+            &mut span,
+        );
+        if span.is_recording() {
+            span_attributes(
+                &mut span,
+                &request_id,
+                audit.and_then(|a| a.verdict),
+                &outcome,
+            );
+        }
         let kind = match &outcome {
             Ok(_) => "allowed",
             Err(refusal) => refusal.kind(),

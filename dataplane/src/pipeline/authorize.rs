@@ -9,13 +9,18 @@
 //! throttled like any other traffic.
 
 use std::net::SocketAddr;
+use std::time::{Instant, SystemTime};
 
 use http::HeaderMap;
 
 use super::admit;
 use super::identify::Identity;
 use super::refusal::{BadRequest, Denial, Refusal};
-use crate::policy::{CallerFacts, Checkpoint, Decision, RequestFacts, ServiceFacts, build_input};
+use crate::observe::record::Verdict;
+use crate::observe::{DecisionEvent, DecisionLog};
+use crate::policy::{
+    CallerFacts, Checkpoint, Decision, PolicyError, RequestFacts, ServiceFacts, build_input,
+};
 use crate::ratelimit::RateLimiter;
 use crate::state::Upstream;
 
@@ -47,6 +52,7 @@ pub fn authorize(
     upstream: &Upstream,
     view: &RequestView<'_>,
     limiter: &RateLimiter,
+    audit: Option<&mut Audit<'_>>,
 ) -> Result<Decision, Refusal> {
     let service = &upstream.service;
     let facts = RequestFacts {
@@ -82,7 +88,74 @@ pub fn authorize(
         view.checkpoint,
         &build_input(&facts).map_err(BadRequest::Input)?,
         limiter,
+        audit,
     )
+}
+
+/// Where a decision is reported when the request is observed: the decision
+/// log (if any) gets an event, and the request's record a [`Verdict`].
+#[derive(Debug)]
+pub struct Audit<'a> {
+    pub log: Option<&'a DecisionLog>,
+    /// The peer that asked (OPA's `requested_by`).
+    pub requested_by: SocketAddr,
+    /// The decision id to use (ext_authz has one already); a new one is
+    /// made when the log is on and this is `None`.
+    pub decision_id: Option<String>,
+    pub verdict: Option<Verdict>,
+}
+
+impl<'a> Audit<'a> {
+    pub fn new(log: Option<&'a DecisionLog>, requested_by: SocketAddr) -> Self {
+        Self {
+            log,
+            requested_by,
+            decision_id: None,
+            verdict: None,
+        }
+    }
+
+    fn record(
+        &mut self,
+        identity: &Identity,
+        input: &serde_json::Value,
+        evaluated: &Result<Decision, PolicyError>,
+        started: (Instant, SystemTime),
+    ) {
+        let eval = started.0.elapsed();
+        let policy = &identity.state.policy;
+        let decision_id = match (self.log, self.decision_id.take()) {
+            (_, Some(id)) => Some(id),
+            (Some(_), None) => Some(uuid::Uuid::new_v4().to_string()),
+            (None, None) => None,
+        };
+        if let (Some(log), Some(id)) = (self.log, &decision_id) {
+            let error = evaluated.as_ref().err().map(|e| e.to_string());
+            let result = evaluated
+                .as_ref()
+                .ok()
+                .map(|d| &d.result)
+                .filter(|r| !r.is_null());
+            log.log(&DecisionEvent {
+                decision_id: id,
+                rule: policy.decision_rule(),
+                bundle: policy.name(),
+                revision: policy.revision(),
+                input,
+                result,
+                error: error.as_deref(),
+                requested_by: self.requested_by,
+                eval,
+                timestamp: started.1,
+            });
+        }
+        self.verdict = Some(Verdict {
+            allowed: evaluated.as_ref().is_ok_and(|d| d.allowed),
+            decision_id,
+            revision: policy.revision().to_string(),
+            eval,
+        });
+    }
 }
 
 /// The policy's decision on an input document, for the sidecar and the
@@ -95,8 +168,17 @@ pub fn judge(
     checkpoint: Checkpoint,
     input: &serde_json::Value,
     limiter: &RateLimiter,
+    audit: Option<&mut Audit<'_>>,
 ) -> Result<Decision, Refusal> {
-    let decision = identity.state.policy.evaluate(input)?;
+    let decision = match audit {
+        None => identity.state.policy.evaluate(input),
+        Some(audit) => {
+            let started = (Instant::now(), SystemTime::now());
+            let evaluated = identity.state.policy.evaluate(input);
+            audit.record(identity, input, &evaluated, started);
+            evaluated
+        }
+    }?;
     if decision.allowed {
         return Ok(decision);
     }
@@ -162,16 +244,16 @@ mod tests {
         let up = id.state.clusters["svc"].clone();
         let limiter = RateLimiter::new();
         let headers = HeaderMap::new();
-        assert!(authorize(&id, &up, &view("/ok", &headers), &limiter).is_ok());
+        assert!(authorize(&id, &up, &view("/ok", &headers), &limiter, None).is_ok());
         // The agent's burst is 3: denials drain it, then they are 429s.
         for _ in 0..3 {
-            match authorize(&id, &up, &view("/denied", &headers), &limiter) {
+            match authorize(&id, &up, &view("/denied", &headers), &limiter, None) {
                 Err(Refusal::Forbidden(d)) => assert_eq!(d.reason, "denied path"),
                 other => panic!("{other:?}"),
             }
         }
         assert!(matches!(
-            authorize(&id, &up, &view("/denied", &headers), &limiter),
+            authorize(&id, &up, &view("/denied", &headers), &limiter, None),
             Err(Refusal::RateLimited { .. })
         ));
     }

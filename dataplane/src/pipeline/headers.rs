@@ -25,6 +25,11 @@ pub const AGENT_ID: &str = "x-agent-id";
 pub const AGENT_ATTR_PREFIX: &str = "x-agent-";
 pub const REQUEST_ID: &str = "x-request-id";
 pub const TRACEPARENT: &str = "traceparent";
+/// The decision-log id of the decision a response carries (when decision
+/// logging is on), so a caller can quote it.
+pub const DECISION_ID: &str = "x-meshward-decision-id";
+/// The kind of a mesh refusal (`forbidden`, `rate_limited`, ...).
+pub const REFUSAL: &str = "x-meshward-refusal";
 /// Envoy's header for the client certificate the proxy verified.
 pub const FORWARDED_CLIENT_CERT: &str = "x-forwarded-client-cert";
 /// Prefix of headers only the mesh may send (`x-meshward-refusal`, ...).

@@ -26,6 +26,7 @@ pub(crate) mod test_support;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -33,11 +34,15 @@ use http::{HeaderMap, Request, Response, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use crate::observe::Record;
+use crate::observe::body::ObservedBody;
 use crate::policy::Direction;
 use crate::proxy::Shared;
 use crate::proxy::body::{ProxyBody, boxed, full};
+use authorize::Audit;
 use authorize::RequestView;
 use forward::Outgoing;
+use meshward_telemetry::SpanKind;
 use refusal::{BadRequest, Refusal};
 
 /// JSON bodies up to this size are buffered so policies can read
@@ -77,7 +82,11 @@ pub async fn handle(
         Direction::Outbound => headers::new_request_id(),
     };
     let direction = arrival.direction.as_str();
-    let response = match stages(&shared, &arrival, req, &request_id, grpc).await {
+    let mut record = shared
+        .observe
+        .is_on()
+        .then(|| observed(&shared, &arrival, &req, &request_id));
+    let response = match stages(&shared, &arrival, req, &request_id, grpc, record.as_mut()).await {
         Ok(resp) => resp,
         Err(refusal) => {
             tracing::info!(
@@ -94,6 +103,10 @@ pub async fn handle(
                 "reason" => refusal.kind(),
             )
             .increment(1);
+            if let Some(r) = record.as_mut() {
+                r.refusal = Some(refusal.kind());
+                r.refusal_reason = Some(refusal.to_string());
+            }
             refusal.into_response(grpc, &request_id)
         }
     };
@@ -110,7 +123,66 @@ pub async fn handle(
         "code" => response.status().as_u16().to_string(),
     )
     .increment(1);
-    response
+    match record {
+        None => response,
+        Some(record) => finish(&shared, record, response),
+    }
+}
+
+/// The record of an observed request, with its hop's span: a client span
+/// for the agent's outbound hop, a server span for the inbound one, each
+/// the child of the trace context the request arrived with.
+fn observed(
+    shared: &Shared,
+    arrival: &Arrival,
+    req: &Request<Incoming>,
+    request_id: &str,
+) -> Record {
+    let (kind, hop) = match arrival.direction {
+        Direction::Outbound => (SpanKind::Client, "outbound"),
+        Direction::Inbound => (SpanKind::Server, "inbound"),
+    };
+    let span = shared
+        .observe
+        .tracing
+        .hop(kind, format!("{hop} {}", req.method()), req.headers());
+    Record::new(
+        arrival.direction,
+        request_id,
+        arrival.remote_addr,
+        req.method().as_str(),
+        protocol_name(req.version()),
+        req.uri().path_and_query().map_or("/", |p| p.as_str()),
+        span,
+    )
+}
+
+/// Marks the response with the decision id and hands the record to the
+/// body, which writes it when the response has been sent.
+fn finish(
+    shared: &Shared,
+    mut record: Record,
+    mut response: Response<ProxyBody>,
+) -> Response<ProxyBody> {
+    record.status = response.status().as_u16();
+    // A refusal by a later hop keeps the id of the decision that refused.
+    let refused_downstream = record.refusal.is_none()
+        && response.headers().contains_key(headers::REFUSAL)
+        && response.headers().contains_key(headers::DECISION_ID);
+    if let Some(id) = record
+        .decision
+        .as_ref()
+        .and_then(|d| d.decision_id.as_deref())
+        && !refused_downstream
+        && let Ok(v) = http::HeaderValue::from_str(id)
+    {
+        response.headers_mut().insert(headers::DECISION_ID, v);
+    }
+    let (parts, body) = response.into_parts();
+    Response::from_parts(
+        parts,
+        ObservedBody::wrap(body, record, shared.observe.clone()),
+    )
 }
 
 /// The stages, in order; the first refusal ends the request.
@@ -120,6 +192,7 @@ async fn stages(
     req: Request<Incoming>,
     request_id: &str,
     grpc: bool,
+    mut record: Option<&mut Record>,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let direction = arrival.direction;
     let peer = arrival.peer.as_deref();
@@ -129,20 +202,34 @@ async fn stages(
         direction,
         peer,
     )?;
+    if let Some(r) = record.as_deref_mut() {
+        r.caller = Some(identity.caller_id.clone());
+    }
     headers::check_host(&req)?;
     let host = req
         .headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok());
     let (upstream, raw_path) = target::route(&identity, direction, req.uri(), host)?;
+    if let Some(r) = record.as_deref_mut() {
+        r.service = Some(upstream.service.name.clone());
+        r.raw_path.clone_from(&raw_path);
+    }
     let path_and_query = target::canonicalize(&upstream, &raw_path)?;
     if path_and_query != raw_path {
         tracing::debug!(dataplane = %shared.name, request_id, original = %raw_path,
             canonical = %path_and_query, "path canonicalized");
     }
+    if let Some(r) = record.as_deref_mut() {
+        r.path = Some(path_and_query.clone());
+    }
 
     let (mut parts, body) = req.into_parts();
     headers::sanitize_request(&mut parts.headers, &identity, &upstream, peer, request_id);
+    if let Some(r) = record.as_deref() {
+        // The next hop's span is this one's child.
+        r.span.inject(&mut parts.headers);
+    }
     let (body, buffered) = maybe_buffer(&parts.headers, body, grpc).await?;
     let host = parts
         .headers
@@ -168,7 +255,21 @@ async fn stages(
         remote: arrival.remote_addr,
         local: arrival.local_addr,
     };
-    let decision = authorize::authorize(&identity, &upstream, &view, &shared.limiter)?;
+    let decision = match record.as_deref_mut() {
+        None => authorize::authorize(&identity, &upstream, &view, &shared.limiter, None),
+        Some(r) => {
+            let mut audit = Audit::new(shared.observe.decision_log.as_ref(), arrival.remote_addr);
+            let decided = authorize::authorize(
+                &identity,
+                &upstream,
+                &view,
+                &shared.limiter,
+                Some(&mut audit),
+            );
+            r.decision = audit.verdict;
+            decided
+        }
+    }?;
     authorize::apply(&decision, &mut parts.headers);
 
     let admitted = admit::admit(
@@ -178,13 +279,33 @@ async fn stages(
         &identity,
         &upstream,
     )?;
+    let body = match record.as_deref() {
+        None => body,
+        Some(r) => count_bytes(body, r.bytes_received.clone()),
+    };
     let out = Outgoing {
         parts,
         path_and_query,
         body,
         grpc,
     };
-    forward::forward(shared, direction, &upstream, out, admitted, request_id).await
+    let sent = Instant::now();
+    let response = forward::forward(shared, direction, &upstream, out, admitted, request_id).await;
+    if let Some(r) = record {
+        r.upstream = Some(sent.elapsed());
+    }
+    response
+}
+
+/// Counts the request body's bytes as they stream to the next hop.
+fn count_bytes(body: ProxyBody, counter: Arc<AtomicU64>) -> ProxyBody {
+    body.map_frame(move |frame| {
+        if let Some(data) = frame.data_ref() {
+            counter.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        frame
+    })
+    .boxed()
 }
 
 fn protocol_name(v: Version) -> &'static str {

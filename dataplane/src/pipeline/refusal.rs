@@ -202,7 +202,7 @@ impl Refusal {
             headers.extend(policy.iter().cloned());
         }
         headers.push(("x-request-id".into(), request_id.to_string()));
-        headers.push(("x-meshward-refusal".into(), self.kind().to_string()));
+        headers.push((super::headers::REFUSAL.into(), self.kind().to_string()));
         let body = match self {
             Refusal::Forbidden(Denial {
                 body: Some(body), ..

@@ -32,6 +32,9 @@ pub struct Decision {
     pub query_parameters_to_remove: Vec<String>,
     /// Passed through to ext_authz `dynamic_metadata`; `Null` when absent.
     pub dynamic_metadata: Value,
+    /// The policy's result as it returned it, for the decision log; `Null`
+    /// when the decision was undefined.
+    pub result: Value,
 }
 
 /// Reason used when the decision rule is undefined for the input.
@@ -50,6 +53,11 @@ impl Decision {
 
     fn plain(allowed: bool, reason: Option<String>) -> Self {
         Self {
+            result: if reason.is_some() {
+                Value::Null
+            } else {
+                Value::Bool(allowed)
+            },
             allowed,
             http_status: None,
             body: None,
@@ -67,7 +75,10 @@ impl Decision {
     pub fn from_value(value: &Value) -> Result<Self, String> {
         match value {
             Value::Bool(allowed) => Ok(Self::plain(*allowed, None)),
-            Value::Object(obj) => Self::from_object(obj),
+            Value::Object(obj) => Ok(Self {
+                result: value.clone(),
+                ..Self::from_object(obj)?
+            }),
             other => Err(format!(
                 "must be a bool or an object, got {}",
                 type_name(other)
@@ -125,6 +136,7 @@ impl Decision {
             query_parameters_to_set: header_map(obj, "query_parameters_to_set")?,
             query_parameters_to_remove: string_array(obj, "query_parameters_to_remove")?,
             dynamic_metadata,
+            result: Value::Null,
         })
     }
 }

@@ -23,6 +23,7 @@ use crate::breaker::Breakers;
 use crate::listener::{
     self, Accepted, ConnectionOptions, ConnectionSlot, Listener, ListenerKind, ListenerLimits,
 };
+use crate::observe::Observability;
 use crate::pipeline::refusal::NotReady;
 use crate::pipeline::{self, Arrival, VerifiedPeer};
 use crate::policy::Direction;
@@ -47,6 +48,8 @@ pub struct Shared {
     /// The app behind an inbound dataplane.
     pub local_upstream: Option<SocketAddr>,
     pub request_timeout: Duration,
+    /// Traces, access and decision logs; all off by default.
+    pub observe: Observability,
     next_endpoint: AtomicUsize,
 }
 
@@ -70,6 +73,7 @@ impl Shared {
             local_client: upstream::LocalClient::default(),
             local_upstream,
             request_timeout,
+            observe: Observability::default(),
             next_endpoint: AtomicUsize::new(0),
         }
     }
