@@ -52,18 +52,25 @@ up_to_date() {
     [ -x "$BIN" ] && [ "$(installed_version)" = "$JAEGER_VERSION" ]
 }
 
-free_port() {
-    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+# Five distinct loopback ports that were free a moment ago.
+free_ports() {
+    python3 -c '
+import socket
+socks = [socket.socket() for _ in range(5)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))'
 }
 
 verify() {
-    local work pid ok=0 i
+    local work pid ok=0 i ports
     work=$(mktemp -d)
-    export MESHWARD_JAEGER_OTLP_GRPC=127.0.0.1:$(free_port)
-    export MESHWARD_JAEGER_OTLP_HTTP=127.0.0.1:$(free_port)
-    export MESHWARD_JAEGER_QUERY_HTTP=127.0.0.1:$(free_port)
-    export MESHWARD_JAEGER_QUERY_GRPC=127.0.0.1:$(free_port)
-    export MESHWARD_JAEGER_HEALTH=127.0.0.1:$(free_port)
+    read -r -a ports <<<"$(free_ports)"
+    export MESHWARD_JAEGER_OTLP_GRPC=127.0.0.1:${ports[0]}
+    export MESHWARD_JAEGER_OTLP_HTTP=127.0.0.1:${ports[1]}
+    export MESHWARD_JAEGER_QUERY_HTTP=127.0.0.1:${ports[2]}
+    export MESHWARD_JAEGER_QUERY_GRPC=127.0.0.1:${ports[3]}
+    export MESHWARD_JAEGER_HEALTH=127.0.0.1:${ports[4]}
     say "verify: $BIN --config $CONFIG (query on $MESHWARD_JAEGER_QUERY_HTTP)"
     "$BIN" --config "$CONFIG" >"$work/jaeger.log" 2>&1 &
     pid=$!
