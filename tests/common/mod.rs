@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod envoy;
+pub mod jaeger;
 pub mod net;
 pub mod opa_envoy;
 pub mod python;

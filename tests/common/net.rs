@@ -1,5 +1,5 @@
 //! Loopback networking helpers shared by the harnesses: the one port picker,
-//! plain HTTP GETs, Prometheus text.
+//! plain HTTP GETs and POSTs, Prometheus text.
 
 use std::time::Duration;
 
@@ -65,6 +65,31 @@ pub async fn get(url: &str) -> Result<(u16, String), String> {
         .collect()
         .await
         .map_err(|e| format!("GET {url}: body: {e}"))?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// One POST over HTTP/1.1 (fresh connection) with a `content_type` body;
+/// status and body.
+pub async fn post(url: &str, content_type: &str, body: String) -> Result<(u16, String), String> {
+    use http_body_util::BodyExt;
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let request = http::Request::post(url)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .map_err(|e| format!("{url}: {e}"))?;
+    let resp = tokio::time::timeout(Duration::from_secs(10), client.request(request))
+        .await
+        .map_err(|_| format!("POST {url}: no answer within 10s"))?
+        .map_err(|e| format!("POST {url}: {e}"))?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| format!("POST {url}: body: {e}"))?
         .to_bytes();
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
