@@ -267,7 +267,13 @@ impl Up {
             node_id: node.to_string(),
             cluster: "meshward-up".to_string(),
         };
-        let sinks = Sinks::open(&opts.observe)?;
+        // Traces: the OpenTelemetry environment, else the mesh file's
+        // `telemetry.tracing`.
+        let mut observe = opts.observe.clone();
+        if observe.tracing.is_none() {
+            observe.tracing = meshward_telemetry::TracingConfig::resolve(mesh.tracing.as_ref())?;
+        }
+        let sinks = Sinks::open(&observe)?;
         let mut dataplanes = Vec::new();
         let mut services = Vec::new();
         for (name, ((inbound, inbound_addr), (admin, admin_addr), (skill_listener, backend))) in

@@ -152,6 +152,7 @@ fn attempt_text(text: &str, path: &Path) -> Attempt {
             trust_domain: draft.trust_domain,
             listeners: draft.listeners,
             authorizers: draft.authorizers,
+            tracing: draft.tracing,
             services: draft
                 .services
                 .into_iter()

@@ -30,6 +30,9 @@ pub struct Mesh {
     /// (`authorizers:`): they receive the policy, every agent and every
     /// service, as a service's inbound sidecar does.
     pub authorizers: Vec<String>,
+    /// `telemetry.tracing`: where traces go unless the OpenTelemetry
+    /// environment says otherwise.
+    pub tracing: Option<meshward_telemetry::TracingFile>,
 }
 
 impl Mesh {

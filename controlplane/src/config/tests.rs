@@ -461,7 +461,7 @@ fn unknown_keys_are_rejected_with_their_line() {
     assert_eq!(
         e.to_string(),
         format!(
-            "{}:{}: servcies: unknown key (did you mean `services`?); expected one of: trust_domain, policy, listeners, authorizers, agents, services",
+            "{}:{}: servcies: unknown key (did you mean `services`?); expected one of: trust_domain, policy, listeners, authorizers, telemetry, agents, services",
             path.display(),
             line_of(MESH, "services:")
         )
@@ -834,5 +834,58 @@ fn authorizers_are_spiffe_ids_of_the_trust_domain_unique_across_the_mesh() {
     assert!(
         errors.iter().any(|e| e.message.contains("SPIFFE ID")),
         "duplicate of an agent's ID: {errors:?}"
+    );
+}
+
+#[test]
+fn tracing_in_the_mesh_file_is_read_and_checked() {
+    let with = |tracing: &str| format!("{MESH}telemetry:\n  tracing:\n{tracing}");
+    let (dir, path) = mesh_dir(
+        "tracing",
+        &with(
+            "    endpoint: http://127.0.0.1:4317\n    protocol: grpc\n    sampler: parentbased_traceidratio\n    sampler_arg: 0.05\n",
+        ),
+    );
+    let mesh = load(&path).expect("valid");
+    drop(dir);
+    let t = mesh.tracing.expect("tracing read");
+    assert_eq!(t.endpoint.as_deref(), Some("http://127.0.0.1:4317"));
+    assert_eq!(t.protocol, Some(meshward_telemetry::Protocol::Grpc));
+    assert_eq!(t.sampler_arg, Some(0.05));
+
+    let text = with("    endpoint: http://127.0.0.1:4317\n    protocol: http/json\n");
+    let (_, errors, _dir) = errors_of(&text);
+    assert_error(
+        &errors,
+        "telemetry.tracing.protocol",
+        line_of(&text, "http/json"),
+        "not an OTLP protocol",
+    );
+
+    let text = with("    endpoint: http://127.0.0.1:4317\n    sampler: sometimes\n");
+    let (_, errors, _dir) = errors_of(&text);
+    assert_error(
+        &errors,
+        "telemetry.tracing.sampler",
+        line_of(&text, "sometimes"),
+        "not a supported sampler",
+    );
+
+    let text = with("    endpoint: 127.0.0.1:4317\n");
+    let (_, errors, _dir) = errors_of(&text);
+    assert_error(
+        &errors,
+        "telemetry.tracing.endpoint",
+        line_of(&text, "endpoint: 127"),
+        "http://",
+    );
+
+    let text = format!("{MESH}telemetry:\n  traces: {{}}\n");
+    let (_, errors, _dir) = errors_of(&text);
+    assert_error(
+        &errors,
+        "telemetry.traces",
+        line_of(&text, "traces:"),
+        "unknown key",
     );
 }

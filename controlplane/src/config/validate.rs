@@ -45,6 +45,7 @@ pub struct Draft {
     pub listeners: ListenerLimits,
     /// SPIFFE IDs of ext_authz / rate-limit backends (`authorizers:`).
     pub authorizers: Vec<String>,
+    pub tracing: Option<meshward_telemetry::TracingFile>,
     pub errors: Vec<ConfigError>,
 }
 
@@ -63,10 +64,13 @@ const TOP_KEYS: &[&str] = &[
     "policy",
     "listeners",
     "authorizers",
+    "telemetry",
     "agents",
     "services",
 ];
 const POLICY_KEYS: &[&str] = &["dir", "decision"];
+const TELEMETRY_KEYS: &[&str] = &["tracing"];
+const TRACING_KEYS: &[&str] = &["endpoint", "protocol", "sampler", "sampler_arg"];
 const AGENT_KEYS: &[&str] = &["name", "spiffe_id", "attributes", "permissions", "limits"];
 const SERVICE_KEYS: &[&str] = &[
     "name",
@@ -144,6 +148,7 @@ pub fn check(file: &Path, root: &Node) -> Draft {
     }
 
     draft.listeners = c.listeners(top.get("listeners"));
+    draft.tracing = top.get("telemetry").and_then(|n| c.telemetry(n));
 
     // Identities and names, with where they were written, for the
     // uniqueness checks across agents and services.
@@ -716,6 +721,56 @@ impl Checker<'_> {
             rules.path_parameters = a;
         }
         rules
+    }
+
+    /// The `telemetry:` section: `tracing` (an OTLP endpoint, protocol and
+    /// sampler), checked as the OpenTelemetry environment would be.
+    fn telemetry(&mut self, node: &Node) -> Option<meshward_telemetry::TracingFile> {
+        use meshward_telemetry::{Protocol, TracingConfig, TracingFile};
+        let telemetry = self.mapping(node, "telemetry", TELEMETRY_KEYS)?;
+        let field = "telemetry.tracing";
+        let fields = self.mapping(telemetry.get("tracing")?, field, TRACING_KEYS)?;
+        let mut file = TracingFile::default();
+        let mut lines = HashMap::new();
+        for entry in fields.entries {
+            lines.insert(entry.key.as_str(), entry.value.line);
+        }
+        file.endpoint = fields
+            .get("endpoint")
+            .and_then(|n| self.string(n, &join(field, "endpoint")));
+        if let Some(n) = fields.get("protocol") {
+            file.protocol = match self.string(n, &join(field, "protocol")).as_deref() {
+                Some("grpc") => Some(Protocol::Grpc),
+                Some("http/protobuf") => Some(Protocol::HttpProtobuf),
+                Some(other) => {
+                    self.error(
+                        n.line,
+                        &join(field, "protocol"),
+                        format!("{other:?} is not an OTLP protocol (grpc, http/protobuf)"),
+                    );
+                    None
+                }
+                None => None,
+            };
+        }
+        file.sampler = fields
+            .get("sampler")
+            .and_then(|n| self.string(n, &join(field, "sampler")));
+        file.sampler_arg = fields
+            .get("sampler_arg")
+            .and_then(|n| self.number(n, &join(field, "sampler_arg")));
+        if file.endpoint.is_none() {
+            self.error(fields.line, &join(field, "endpoint"), "is required");
+            return None;
+        }
+        // The same checks the environment gets, without the environment.
+        if let Err(e) = TracingConfig::resolve_with(Some(&file), |_| None) {
+            let key = e.setting.rsplit('.').next().unwrap_or_default();
+            let line = lines.get(key).copied().unwrap_or(fields.line);
+            self.error(line, &e.setting, e.message);
+            return None;
+        }
+        Some(file)
     }
 
     /// The `listeners:` section: each value given replaces a default, and

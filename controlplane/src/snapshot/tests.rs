@@ -42,6 +42,7 @@ pub(crate) fn mesh() -> Mesh {
         backend: None,
     };
     Mesh {
+        tracing: None,
         source: PathBuf::from("mesh.yaml"),
         trust_domain: "example.org".to_string(),
         listeners: Default::default(),
