@@ -184,8 +184,8 @@ async fn every_family_is_described_prefixed_and_durations_are_histograms() {
         "{text}"
     );
     assert!(
-        !text.contains("spiffe://"),
-        "a SPIFFE ID became a label value"
+        !text.contains("caller=\"spiffe://"),
+        "a caller's SPIFFE ID became a label value"
     );
 
     // The dataplane's /config_dump: the limits in force (the rejected edit
