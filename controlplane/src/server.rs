@@ -57,6 +57,7 @@ pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(3
 #[derive(Clone)]
 pub struct ControlPlaneStatus {
     meshes: watch::Receiver<Arc<Mesh>>,
+    reloads: watch::Receiver<ReloadStatus>,
     serving: watch::Receiver<bool>,
     identity: IdentitySource,
 }
@@ -64,6 +65,11 @@ pub struct ControlPlaneStatus {
 impl ControlPlaneStatus {
     pub fn mesh(&self) -> Arc<Mesh> {
         self.meshes.borrow().clone()
+    }
+
+    /// The outcome of the latest config reload, and the last rejected one.
+    pub fn reload_status(&self) -> ReloadStatus {
+        self.reloads.borrow().clone()
     }
 
     pub fn serving(&self) -> bool {
@@ -175,6 +181,7 @@ impl ControlPlane {
     pub fn status(&self) -> ControlPlaneStatus {
         ControlPlaneStatus {
             meshes: self.meshes.clone(),
+            reloads: self.reloads.clone(),
             serving: self.serving.subscribe(),
             identity: self.identity.clone(),
         }

@@ -65,7 +65,7 @@ pub(crate) async fn bring_up(
         }
     }
 
-    let (mut rx, xds_task) = xds::spawn(xds_config, source);
+    let (mut rx, xds_task) = xds::spawn_reporting(xds_config, source, shared.xds_rejected.clone());
     loop {
         let current = rx.borrow_and_update().clone();
         state.send_replace(current);

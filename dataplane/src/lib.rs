@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod breaker;
 pub mod canonical;
+pub mod config_dump;
 pub mod extauthz;
 pub mod grpc_server;
 pub mod identity;

@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminSource};
+use crate::config_dump;
 use crate::extauthz::{ExtAuthz, ExtAuthzSettings};
 use crate::grpc_server::{self, GrpcEndpoint};
 use crate::listener::{Listener, ListenerKind, ListenerLimits};
@@ -103,6 +104,8 @@ struct Status {
     has_inbound: bool,
     state: watch::Receiver<Option<Arc<MeshState>>>,
     identity: WorkloadIdentity,
+    /// Its breakers and last NACK, for `/config_dump`.
+    shared: Arc<Shared>,
 }
 
 impl AdminSource for Status {
@@ -146,17 +149,27 @@ impl AdminSource for Status {
             "bundle_authorities": bundles,
         });
         let spiffe_id = svid.map(|s| s.spiffe_id);
+        let breakers =
+            config_dump::breakers(&self.shared.breakers.snapshot(config_dump::BREAKERS_LISTED));
+        let last_rejected_xds = config_dump::rejection(self.shared.xds_rejected.get().as_ref());
         match state {
-            None => {
-                serde_json::json!({ "spiffe_id": spiffe_id, "identity": identity, "warm": false })
-            }
+            None => serde_json::json!({
+                "spiffe_id": spiffe_id,
+                "identity": identity,
+                "warm": false,
+                "breakers": breakers,
+                "last_rejected_xds": last_rejected_xds,
+            }),
             Some(s) => serde_json::json!({
                 "spiffe_id": spiffe_id,
                 "identity": identity,
                 "warm": true,
                 "versions": s.versions,
                 "policy_revision": s.policy.revision(),
-                "listeners": listener_limits_json(&s.listeners),
+                "limits": config_dump::effective_limits(&s, spiffe_id.as_deref()),
+                "breakers": breakers,
+                "last_rejected_xds": last_rejected_xds,
+                "listeners": config_dump::listener_limits(&s.listeners),
                 "clusters": s.clusters.values().map(|u| serde_json::json!({
                     "name": u.service.name,
                     "spiffe_id": u.service.spiffe_id,
@@ -172,18 +185,6 @@ impl AdminSource for Status {
             }),
         }
     }
-}
-
-fn listener_limits_json(l: &ListenerLimits) -> serde_json::Value {
-    serde_json::json!({
-        "header_read_timeout_ms": l.header_read_timeout.as_millis() as u64,
-        "idle_timeout_ms": l.idle_timeout.as_millis() as u64,
-        "max_connections": l.max_connections,
-        "max_connections_per_client_ip": l.max_connections_per_client_ip,
-        "max_request_headers_bytes": l.max_request_headers_bytes,
-        "max_concurrent_streams": l.max_concurrent_streams,
-        "admin_max_connections": l.admin_max_connections,
-    })
 }
 
 impl Dataplane {
@@ -228,6 +229,7 @@ impl Dataplane {
             has_inbound,
             state,
             identity: identity.clone(),
+            shared: shared.clone(),
         });
         if let Some(ext) = opts.ext_authz {
             addrs.ext_authz = Some(ext.endpoint.listener.describe());

@@ -7,6 +7,38 @@
 use std::fmt;
 use std::path::PathBuf;
 
+/// What kind of problem a [`ConfigError`] is: a small fixed set, so the
+/// reload metric can say why without putting error text in a label.
+///
+/// Ordered from the most to the least fundamental: a file that cannot be
+/// read says nothing about its content, YAML that does not parse cannot be
+/// validated, and so on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum ConfigErrorKind {
+    /// A file or directory could not be read.
+    Io,
+    /// The mesh file is not YAML the loader can read (syntax, duplicate keys,
+    /// an empty file).
+    Parse,
+    /// A field of the mesh file is missing or wrong.
+    #[default]
+    Validate,
+    /// The policy bundle: a `.rego` or data file, or the decision rule.
+    Policy,
+}
+
+impl ConfigErrorKind {
+    /// The metric label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            ConfigErrorKind::Io => "io",
+            ConfigErrorKind::Parse => "parse",
+            ConfigErrorKind::Validate => "validate",
+            ConfigErrorKind::Policy => "policy",
+        }
+    }
+}
+
 /// One problem in the mesh file or in the policy bundle it points to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -18,6 +50,8 @@ pub struct ConfigError {
     /// Empty for problems inside a bundle file (the file and line say where).
     pub field: String,
     pub message: String,
+    /// What kind of problem it is (never shown in the message).
+    pub kind: ConfigErrorKind,
 }
 
 impl ConfigError {
@@ -32,7 +66,14 @@ impl ConfigError {
             line,
             field: field.into(),
             message: message.into(),
+            kind: ConfigErrorKind::default(),
         }
+    }
+
+    /// The same error, of `kind`.
+    pub fn with_kind(mut self, kind: ConfigErrorKind) -> Self {
+        self.kind = kind;
+        self
     }
 }
 
@@ -67,6 +108,12 @@ impl ConfigErrors {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// The most fundamental kind among the errors: one reason per
+    /// rejected load.
+    pub fn kind(&self) -> ConfigErrorKind {
+        self.0.iter().map(|e| e.kind).min().unwrap_or_default()
     }
 }
 
@@ -127,6 +174,25 @@ mod tests {
         assert_eq!(no_field.to_string(), "p/a.rego:3: unexpected token");
         let no_line = ConfigError::new("mesh.yaml", None, "", "cannot read file");
         assert_eq!(no_line.to_string(), "mesh.yaml: cannot read file");
+    }
+
+    #[test]
+    fn the_most_fundamental_kind_is_the_reason() {
+        let validate = ConfigError::new("m.yaml", Some(1), "a", "x");
+        let policy =
+            ConfigError::new("p.rego", Some(2), "", "y").with_kind(ConfigErrorKind::Policy);
+        let parse = ConfigError::new("m.yaml", Some(3), "", "z").with_kind(ConfigErrorKind::Parse);
+        assert_eq!(
+            ConfigErrors(vec![policy.clone(), validate.clone()]).kind(),
+            ConfigErrorKind::Validate
+        );
+        assert_eq!(
+            ConfigErrors(vec![validate, policy, parse]).kind().label(),
+            "parse"
+        );
+        // The kind never changes what an operator reads.
+        let io = ConfigError::new("m.yaml", None, "", "cannot read").with_kind(ConfigErrorKind::Io);
+        assert_eq!(io.to_string(), "m.yaml: cannot read");
     }
 
     #[test]

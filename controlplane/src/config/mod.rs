@@ -10,6 +10,7 @@
 
 pub mod bundle;
 mod error;
+pub mod metrics;
 pub mod model;
 mod validate;
 pub mod watch;
@@ -18,9 +19,9 @@ mod yaml;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-pub use error::{ConfigError, ConfigErrors};
+pub use error::{ConfigError, ConfigErrorKind, ConfigErrors};
 pub use model::*;
-pub use watch::{ReloadStatus, watch, watch_with_status};
+pub use watch::{RejectedReload, ReloadStatus, watch, watch_with_status};
 
 use bundle::BundleError;
 
@@ -64,7 +65,9 @@ pub(crate) fn attempt(path: &Path) -> Attempt {
         Ok(text) => attempt_text(&text, path),
         Err(e) => Attempt {
             result: Err(
-                ConfigError::new(path, None, "", format!("cannot read mesh file: {e}")).into(),
+                ConfigError::new(path, None, "", format!("cannot read mesh file: {e}"))
+                    .with_kind(ConfigErrorKind::Io)
+                    .into(),
             ),
             policy_dir: None,
         },
@@ -74,7 +77,9 @@ pub(crate) fn attempt(path: &Path) -> Attempt {
 /// Everything [`attempt`] does after reading the file.
 fn attempt_text(text: &str, path: &Path) -> Attempt {
     let fail = |line: Option<usize>, message: String| Attempt {
-        result: Err(ConfigError::new(path, line, "", message).into()),
+        result: Err(ConfigError::new(path, line, "", message)
+            .with_kind(ConfigErrorKind::Parse)
+            .into()),
         policy_dir: None,
     };
     let doc = match yaml::parse(text) {
@@ -88,7 +93,10 @@ fn attempt_text(text: &str, path: &Path) -> Attempt {
     let mut errors: Vec<ConfigError> = doc
         .issues
         .iter()
-        .map(|i| ConfigError::new(path, Some(i.line), "", i.message.clone()))
+        .map(|i| {
+            ConfigError::new(path, Some(i.line), "", i.message.clone())
+                .with_kind(ConfigErrorKind::Parse)
+        })
         .collect();
     let draft = validate::check(path, &root);
     errors.extend(draft.errors);
@@ -101,13 +109,18 @@ fn attempt_text(text: &str, path: &Path) -> Attempt {
     {
         let resolved = base_dir(path).join(dir);
         policy_dir = Some(resolved.clone());
-        let dir_error =
-            |message: String| ConfigError::new(path, Some(section.dir_line), "policy.dir", message);
+        let dir_error = |message: String| {
+            ConfigError::new(path, Some(section.dir_line), "policy.dir", message)
+                .with_kind(ConfigErrorKind::Policy)
+        };
         match fs::metadata(&resolved) {
-            Err(e) => errors.push(dir_error(format!(
-                "policy directory {} cannot be read: {e}",
-                resolved.display()
-            ))),
+            Err(e) => errors.push(
+                dir_error(format!(
+                    "policy directory {} cannot be read: {e}",
+                    resolved.display()
+                ))
+                .with_kind(ConfigErrorKind::Io),
+            ),
             Ok(m) if !m.is_dir() => errors.push(dir_error(format!(
                 "{} is not a directory",
                 resolved.display()
@@ -123,18 +136,20 @@ fn attempt_text(text: &str, path: &Path) -> Attempt {
                                         file,
                                         line,
                                         message,
-                                    } => {
-                                        file_errors.push(ConfigError::new(file, line, "", message))
-                                    }
+                                    } => file_errors.push(
+                                        ConfigError::new(file, line, "", message)
+                                            .with_kind(ConfigErrorKind::Policy),
+                                    ),
                                     BundleError::Dir { message } => errors.push(dir_error(message)),
-                                    BundleError::Decision { message } => {
-                                        errors.push(ConfigError::new(
+                                    BundleError::Decision { message } => errors.push(
+                                        ConfigError::new(
                                             path,
                                             Some(section.decision_line),
                                             "policy.decision",
                                             message,
-                                        ))
-                                    }
+                                        )
+                                        .with_kind(ConfigErrorKind::Policy),
+                                    ),
                                 }
                             }
                         }
@@ -169,12 +184,10 @@ fn attempt_text(text: &str, path: &Path) -> Attempt {
             if errors.is_empty() {
                 // Unreachable by construction (no bundle means an error was
                 // recorded), but never hand out an empty error list.
-                errors.push(ConfigError::new(
-                    path,
-                    None,
-                    "policy",
-                    "policy bundle not loaded",
-                ));
+                errors.push(
+                    ConfigError::new(path, None, "policy", "policy bundle not loaded")
+                        .with_kind(ConfigErrorKind::Policy),
+                );
             }
             Err(ConfigErrors(errors))
         }

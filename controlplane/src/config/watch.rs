@@ -30,10 +30,14 @@
 //! A file caught half-written fails to load; if the bytes moved while the
 //! load ran, the watcher stays quiet and retries on the next poll, so
 //! warnings are only logged for content that is stable and wrong.
+//!
+//! Every reload that settles is counted ([`super::metrics`]), and the last
+//! rejected one is kept with its time in [`ReloadStatus::last_rejected`]
+//! for `/config_dump`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 use tokio::sync::watch as channel;
@@ -41,7 +45,7 @@ use tokio::task::JoinHandle;
 
 use super::error::ConfigErrors;
 use super::model::{Mesh, Overlay};
-use super::{attempt, bundle};
+use super::{attempt, bundle, metrics};
 
 /// How often inputs are hashed.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
@@ -73,6 +77,16 @@ pub struct ReloadStatus {
     pub reloads: u64,
     /// Why the latest reload was rejected; `None` when it succeeded.
     pub last_error: Option<ConfigErrors>,
+    /// The most recent rejected reload, kept after later reloads succeed
+    /// (so an operator can still see what went wrong, and when).
+    pub last_rejected: Option<RejectedReload>,
+}
+
+/// A reload that was rejected, and when.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RejectedReload {
+    pub errors: ConfigErrors,
+    pub at: SystemTime,
 }
 
 /// [`watch`], plus a channel reporting every reload attempt.
@@ -108,6 +122,8 @@ pub fn watch_with_status(
         agents = mesh.agents.len(),
         "mesh config loaded"
     );
+    metrics::started();
+    metrics::revision(None, &mesh.policy.revision);
     let (tx, rx) = channel::channel(Arc::new(mesh));
     let (status, status_rx) = channel::channel(ReloadStatus::default());
     let watcher = Watcher {
@@ -162,16 +178,31 @@ impl Watcher {
         }
         // Published after the model, so whoever sees the status also sees
         // the model it describes.
-        let status = (outcome.settled.is_some() || outcome.result.is_ok()).then(|| ReloadStatus {
-            reloads: self.status.borrow().reloads + 1,
-            last_error: outcome.result.as_ref().err().cloned(),
+        let status = (outcome.settled.is_some() || outcome.result.is_ok()).then(|| {
+            let previous = self.status.borrow();
+            let last_error = outcome.result.as_ref().err().cloned();
+            ReloadStatus {
+                reloads: previous.reloads + 1,
+                last_rejected: match &last_error {
+                    Some(errors) => Some(RejectedReload {
+                        errors: errors.clone(),
+                        at: SystemTime::now(),
+                    }),
+                    None => previous.last_rejected.clone(),
+                },
+                last_error,
+            }
         });
+        if status.is_some() {
+            metrics::reloaded(outcome.result.as_ref().map(drop));
+        }
         match outcome.result {
             Ok(mut mesh) => {
                 if let Some(overlay) = &self.overlay {
                     overlay(&mut mesh);
                 }
                 let revision = mesh.policy.revision.clone();
+                let old_revision = self.tx.borrow().policy.revision.clone();
                 let changed = self.tx.send_if_modified(|current| {
                     if **current == mesh {
                         false
@@ -181,6 +212,7 @@ impl Watcher {
                     }
                 });
                 if changed {
+                    metrics::revision(Some(&old_revision), &revision);
                     tracing::info!(file = %self.path.display(), %revision, "mesh config reloaded");
                 } else {
                     tracing::debug!(file = %self.path.display(), "mesh config rewritten without changes");
@@ -334,12 +366,20 @@ mod tests {
         assert_eq!(errors.len(), 1, "{errors}");
         assert_eq!(errors.0[0].field, "agents[0].limits.burst");
         assert_eq!(errors.0[0].line, Some(line_of(MESH, "burst: 10")));
+        assert_eq!(errors.kind().label(), "validate");
+        let kept = rejected.last_rejected.expect("the rejection is kept");
+        assert_eq!(kept.errors, errors);
         assert!(!rx.has_changed().unwrap(), "a broken edit must not publish");
         assert_eq!(burst(&rx.borrow()), 11);
 
         fs::write(&path, with_burst("12")).unwrap();
         assert_eq!(burst(&*next_model(&mut rx, RELOAD_WITHIN).await), 12);
-        assert_eq!(status.borrow().last_error, None);
+        let fixed = status_where(&mut status, |s| s.last_error.is_none()).await;
+        assert_eq!(
+            fixed.last_rejected.map(|r| r.at),
+            Some(kept.at),
+            "a later good reload keeps the last rejection on record"
+        );
         task.abort();
     }
 

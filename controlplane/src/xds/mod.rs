@@ -52,6 +52,7 @@ pub fn describe_metrics() {
         "xDS responses clients rejected (NACK), by type URL and protocol."
     );
     metrics::describe_gauge!(METRIC_STREAMS, "xDS streams open on the control plane.");
+    crate::config::metrics::describe();
 }
 
 /// Responses buffered per stream before the session waits for the client.

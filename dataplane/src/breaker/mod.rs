@@ -24,13 +24,23 @@
 //!
 //! Time comes from the same [`Clock`] as the rate limiter, so tests drive it.
 //! Idle identities are evicted like the limiter's keys.
+//!
+//! Each breaker is metered ([`gauges`]): `meshward_breaker_state` shows its
+//! state and `meshward_breaker_transitions_total` counts its changes. The
+//! open-to-half-open change happens lazily (on the next request), so the
+//! gauge shows it then, or at the next [`Breakers::evict_idle`] sweep.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
+use crate::metrics::labels::LabelContext;
 use crate::ratelimit::{Clock, SystemClock};
+
+mod gauges;
+
+use gauges::{Gauges, SeriesKey};
 
 pub use meshward_contract::spec::BreakerSettings;
 
@@ -72,6 +82,10 @@ struct Entry {
     /// Guards not yet reported; an entry with guards out is never evicted.
     outstanding: u32,
     last_seen: Instant,
+    /// Its metric series (labels fixed at creation).
+    series: SeriesKey,
+    /// The state its series counts it in.
+    shown: BreakerState,
 }
 
 impl Entry {
@@ -79,12 +93,60 @@ impl Entry {
         self.phase = phase;
         self.generation = self.generation.wrapping_add(1);
     }
+
+    /// Brings the metrics up to the state as of `now`.
+    fn report(&mut self, gauges: &Gauges, now: Instant) {
+        let state = observed(self.phase, now);
+        gauges.moved(&self.series, self.shown, state);
+        self.shown = state;
+    }
+}
+
+/// The state a phase is in at `now` (an open breaker whose time is up
+/// admits probes: half-open).
+fn observed(phase: Phase, now: Instant) -> BreakerState {
+    match phase {
+        Phase::Closed { .. } => BreakerState::Closed,
+        Phase::Open { until } if now < until => BreakerState::Open,
+        Phase::Open { .. } | Phase::HalfOpen { .. } => BreakerState::HalfOpen,
+    }
 }
 
 #[derive(Debug)]
 struct Shared {
     clock: Arc<dyn Clock>,
     entries: DashMap<String, Entry>,
+    gauges: Gauges,
+}
+
+/// One breaker as `/config_dump` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakerInfo {
+    /// The caller's SPIFFE ID.
+    pub caller: String,
+    pub service: String,
+    pub state: BreakerState,
+    /// Consecutive failures so far (closed).
+    pub failures: u32,
+    /// Probes admitted and succeeded (half-open).
+    pub probes_admitted: u32,
+    pub probes_succeeded: u32,
+    /// Requests admitted and not yet reported.
+    pub in_flight: u32,
+    /// Until it admits probes (open).
+    pub retry_after: Option<Duration>,
+}
+
+/// Every breaker's state, for `/config_dump`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BreakersSnapshot {
+    /// Breakers by state: closed, half-open, open.
+    pub closed: usize,
+    pub half_open: usize,
+    pub open: usize,
+    /// Up to the limit asked for, open ones first, then half-open, then
+    /// closed; by caller and service within a state.
+    pub breakers: Vec<BreakerInfo>,
 }
 
 /// All breakers of one dataplane.
@@ -109,10 +171,21 @@ impl Breakers {
     }
 
     pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        Self::with_clock_and_labels(clock, LabelContext::default())
+    }
+
+    /// Breakers whose metrics name this dataplane and label callers and
+    /// services from its registry.
+    pub fn with_labels(labels: LabelContext) -> Self {
+        Self::with_clock_and_labels(Arc::new(SystemClock), labels)
+    }
+
+    pub fn with_clock_and_labels(clock: Arc<dyn Clock>, labels: LabelContext) -> Self {
         Self {
             shared: Arc::new(Shared {
                 clock,
                 entries: DashMap::new(),
+                gauges: Gauges::new(labels),
             }),
         }
     }
@@ -128,17 +201,20 @@ impl Breakers {
     ) -> Result<BreakerGuard, BreakerOpen> {
         let now = self.shared.clock.now();
         let key = key(identity, upstream);
-        let mut entry = self
-            .shared
-            .entries
-            .entry(key.clone())
-            .or_insert_with(|| Entry {
+        let gauges = &self.shared.gauges;
+        let mut entry = self.shared.entries.entry(key.clone()).or_insert_with(|| {
+            let series = gauges.key(identity, upstream);
+            gauges.added(&series);
+            Entry {
                 phase: Phase::Closed { failures: 0 },
                 generation: 0,
                 settings: *settings,
                 outstanding: 0,
                 last_seen: now,
-            });
+                series,
+                shown: BreakerState::Closed,
+            }
+        });
         if entry.settings != *settings {
             entry.settings = *settings;
             entry.transition(Phase::Closed { failures: 0 });
@@ -159,6 +235,7 @@ impl Breakers {
             });
             tracing::debug!(identity, upstream, "circuit breaker half-open");
         }
+        entry.report(gauges, now);
         let probe = match &mut entry.phase {
             Phase::Closed { .. } => false,
             Phase::HalfOpen { admitted, .. } => {
@@ -190,12 +267,52 @@ impl Breakers {
         let now = self.shared.clock.now();
         match self.shared.entries.get(&key(identity, upstream)) {
             None => BreakerState::Closed,
-            Some(e) => match e.phase {
-                Phase::Closed { .. } => BreakerState::Closed,
-                Phase::Open { until } if now < until => BreakerState::Open,
-                Phase::Open { .. } | Phase::HalfOpen { .. } => BreakerState::HalfOpen,
-            },
+            Some(e) => observed(e.phase, now),
         }
+    }
+
+    /// Every breaker's state and counts, listing at most `limit` of them.
+    pub fn snapshot(&self, limit: usize) -> BreakersSnapshot {
+        let now = self.shared.clock.now();
+        let mut snapshot = BreakersSnapshot::default();
+        let mut all = Vec::with_capacity(self.shared.entries.len());
+        for e in self.shared.entries.iter() {
+            let state = observed(e.phase, now);
+            match state {
+                BreakerState::Closed => snapshot.closed += 1,
+                BreakerState::HalfOpen => snapshot.half_open += 1,
+                BreakerState::Open => snapshot.open += 1,
+            }
+            let (caller, service) = e.key().split_once('\n').unwrap_or((e.key().as_str(), ""));
+            let (failures, probes_admitted, probes_succeeded, retry_after) = match e.phase {
+                Phase::Closed { failures } => (failures, 0, 0, None),
+                Phase::HalfOpen {
+                    admitted,
+                    succeeded,
+                } => (0, admitted, succeeded, None),
+                Phase::Open { until } => (0, 0, 0, Some(until.saturating_duration_since(now))),
+            };
+            all.push(BreakerInfo {
+                caller: caller.to_string(),
+                service: service.to_string(),
+                state,
+                failures,
+                probes_admitted,
+                probes_succeeded,
+                in_flight: e.outstanding,
+                retry_after,
+            });
+        }
+        all.sort_by(|a, b| {
+            b.state
+                .rank()
+                .cmp(&a.state.rank())
+                .then_with(|| a.caller.cmp(&b.caller))
+                .then_with(|| a.service.cmp(&b.service))
+        });
+        all.truncate(limit);
+        snapshot.breakers = all;
+        snapshot
     }
 
     /// Forgets breakers untouched for `idle_for` that have no request in
@@ -204,9 +321,17 @@ impl Breakers {
     pub fn evict_idle(&self, idle_for: Duration) -> usize {
         let now = self.shared.clock.now();
         let before = self.shared.entries.len();
+        let gauges = &self.shared.gauges;
         self.shared.entries.retain(|_, e| {
             let open = matches!(e.phase, Phase::Open { until } if now < until);
-            open || e.outstanding > 0 || now.saturating_duration_since(e.last_seen) < idle_for
+            let keep =
+                open || e.outstanding > 0 || now.saturating_duration_since(e.last_seen) < idle_for;
+            if keep {
+                e.report(gauges, now);
+            } else {
+                gauges.removed(&e.series, e.shown);
+            }
+            keep
         });
         before.saturating_sub(self.shared.entries.len())
     }
@@ -339,6 +464,7 @@ impl Drop for BreakerGuard {
             // bumps the generation, so this cannot match.
             (Phase::Open { .. }, Some(_)) => {}
         }
+        entry.report(&self.shared.gauges, now);
     }
 }
 
@@ -547,6 +673,115 @@ mod tests {
         held.success();
         assert_eq!(b.evict_idle(Duration::from_secs(60)), 1);
         assert!(b.is_empty());
+    }
+
+    fn labelled() -> (Arc<ManualClock>, Breakers) {
+        let clock = Arc::new(ManualClock::new());
+        let (_tx, rx) = tokio::sync::watch::channel(Some(crate::pipeline::test_support::state()));
+        let labels = LabelContext::new("dp", rx);
+        (
+            clock.clone(),
+            Breakers::with_clock_and_labels(clock, labels),
+        )
+    }
+
+    #[test]
+    fn gauge_follows_every_transition() {
+        use crate::metrics::test_support::{Recording, sample};
+        use crate::pipeline::test_support::AGENT;
+        let series = [("caller", "agent"), ("service", "svc"), ("dataplane", "dp")];
+        let state = |rec: &Recording| sample(&rec.render(), "meshward_breaker_state", &series);
+        let moves = |rec: &Recording, to: &str| {
+            sample(
+                &rec.render(),
+                "meshward_breaker_transitions_total",
+                &[("service", "svc"), ("to", to)],
+            )
+        };
+        let (clock, b) = labelled();
+        let s = settings(2, 1);
+        let rec = Recording::new();
+        rec.run(|| b.acquire(AGENT, "svc", &s).unwrap().success());
+        assert_eq!(state(&rec), Some(0.0), "a new breaker shows closed");
+        rec.run(|| {
+            for _ in 0..2 {
+                b.acquire(AGENT, "svc", &s).unwrap().failure();
+            }
+        });
+        assert_eq!(state(&rec), Some(2.0));
+        assert_eq!(moves(&rec, "open"), Some(1.0));
+        // Time alone makes it half-open; the sweep shows it.
+        clock.advance(Duration::from_secs(10));
+        rec.run(|| b.evict_idle(Duration::from_secs(600)));
+        assert_eq!(state(&rec), Some(1.0));
+        assert_eq!(moves(&rec, "half_open"), Some(1.0));
+        rec.run(|| b.acquire(AGENT, "svc", &s).unwrap().success());
+        assert_eq!(state(&rec), Some(0.0));
+        assert_eq!(moves(&rec, "closed"), Some(1.0));
+        assert_eq!(moves(&rec, "half_open"), Some(1.0), "counted once");
+        // A settings change closes an open breaker, and says so.
+        rec.run(|| {
+            for _ in 0..2 {
+                b.acquire(AGENT, "svc", &s).unwrap().failure();
+            }
+        });
+        assert_eq!(state(&rec), Some(2.0));
+        rec.run(|| b.acquire(AGENT, "svc", &settings(5, 1)).unwrap().success());
+        assert_eq!(state(&rec), Some(0.0));
+        assert_eq!(moves(&rec, "closed"), Some(2.0));
+    }
+
+    #[test]
+    fn a_shared_series_shows_the_worst_state_and_forgets_evicted_breakers() {
+        use crate::metrics::test_support::{Recording, sample};
+        let (clock, b) = labelled();
+        let s = settings(1, 1);
+        // Two strangers share the "unregistered" caller series.
+        let series = [("caller", "unregistered"), ("service", "svc")];
+        let rec = Recording::new();
+        let state = || sample(&rec.render(), "meshward_breaker_state", &series);
+        rec.run(|| {
+            b.acquire(A, "svc", &s).unwrap().failure();
+            b.acquire(B, "svc", &s).unwrap().success();
+        });
+        assert_eq!(state(), Some(2.0));
+        // B's success after A opened must not show the series closed.
+        rec.run(|| b.acquire(B, "svc", &s).unwrap().success());
+        assert_eq!(state(), Some(2.0));
+        clock.advance(Duration::from_secs(60));
+        rec.run(|| assert_eq!(b.evict_idle(Duration::from_secs(30)), 2));
+        assert_eq!(state(), Some(0.0));
+    }
+
+    #[test]
+    fn snapshot_lists_open_first_with_counts() {
+        let (clock, b) = breakers();
+        let s = settings(2, 1);
+        b.acquire(B, UP, &s).unwrap().failure();
+        trip(&b, A, &s);
+        clock.advance(Duration::from_secs(3));
+        let held = b.acquire(B, "other", &s).unwrap();
+        let snap = b.snapshot(10);
+        assert_eq!((snap.closed, snap.half_open, snap.open), (2, 0, 1));
+        assert_eq!(snap.breakers[0].caller, A);
+        assert_eq!(snap.breakers[0].service, UP);
+        assert_eq!(snap.breakers[0].state, BreakerState::Open);
+        assert_eq!(snap.breakers[0].retry_after, Some(Duration::from_secs(7)));
+        let b_up = snap
+            .breakers
+            .iter()
+            .find(|i| i.caller == B && i.service == UP);
+        assert_eq!(b_up.map(|i| i.failures), Some(1));
+        let b_other = snap.breakers.iter().find(|i| i.service == "other");
+        assert_eq!(b_other.map(|i| i.in_flight), Some(1));
+        held.success();
+        let limited = b.snapshot(1);
+        assert_eq!(limited.breakers.len(), 1);
+        assert_eq!(
+            limited.open + limited.closed,
+            3,
+            "counts cover every breaker"
+        );
     }
 
     #[test]

@@ -34,6 +34,7 @@ use http::{HeaderMap, Request, Response, Version, header};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use crate::metrics::labels as metric_labels;
 use crate::observe::Record;
 use crate::observe::body::ObservedBody;
 use crate::policy::Direction;
@@ -43,6 +44,7 @@ use authorize::Audit;
 use authorize::RequestView;
 use forward::Outgoing;
 use meshward_telemetry::SpanKind;
+use metrics::SharedString;
 use refusal::{BadRequest, Refusal};
 
 /// JSON bodies up to this size are buffered so policies can read
@@ -86,7 +88,18 @@ pub async fn handle(
         .observe
         .is_on()
         .then(|| observed(&shared, &arrival, &req, &request_id));
-    let response = match stages(&shared, &arrival, req, &request_id, grpc, record.as_mut()).await {
+    let mut labels = Labels::default();
+    let response = match stages(
+        &shared,
+        &arrival,
+        req,
+        &request_id,
+        grpc,
+        &mut labels,
+        record.as_mut(),
+    )
+    .await
+    {
         Ok(resp) => resp,
         Err(refusal) => {
             tracing::info!(
@@ -101,6 +114,8 @@ pub async fn handle(
                 "dataplane" => shared.name.clone(),
                 "direction" => direction,
                 "reason" => refusal.kind(),
+                "caller" => labels.caller.clone(),
+                "service" => labels.service.clone(),
             )
             .increment(1);
             if let Some(r) = record.as_mut() {
@@ -114,6 +129,7 @@ pub async fn handle(
         "meshward_request_duration_seconds",
         "dataplane" => shared.name.clone(),
         "direction" => direction,
+        "service" => labels.service.clone(),
     )
     .record(started.elapsed().as_secs_f64());
     metrics::counter!(
@@ -121,11 +137,29 @@ pub async fn handle(
         "dataplane" => shared.name.clone(),
         "direction" => direction,
         "code" => response.status().as_u16().to_string(),
+        "caller" => labels.caller,
+        "service" => labels.service,
     )
     .increment(1);
     match record {
         None => response,
         Some(record) => finish(&shared, record, response),
+    }
+}
+
+/// The request's `caller` and `service` metric labels, bounded
+/// ([`crate::metrics::labels`]); `none` until the stage that learns them.
+struct Labels {
+    caller: SharedString,
+    service: SharedString,
+}
+
+impl Default for Labels {
+    fn default() -> Self {
+        Self {
+            caller: SharedString::const_str(metric_labels::NONE),
+            service: SharedString::const_str(metric_labels::NONE),
+        }
     }
 }
 
@@ -192,6 +226,7 @@ async fn stages(
     req: Request<Incoming>,
     request_id: &str,
     grpc: bool,
+    labels: &mut Labels,
     mut record: Option<&mut Record>,
 ) -> Result<Response<ProxyBody>, Refusal> {
     let direction = arrival.direction;
@@ -202,6 +237,7 @@ async fn stages(
         direction,
         peer,
     )?;
+    labels.caller = metric_labels::caller_label_of(&identity);
     if let Some(r) = record.as_deref_mut() {
         r.caller = Some(identity.caller_id.clone());
     }
@@ -211,6 +247,7 @@ async fn stages(
         .get(header::HOST)
         .and_then(|h| h.to_str().ok());
     let (upstream, raw_path) = target::route(&identity, direction, req.uri(), host)?;
+    labels.service = metric_labels::service_label(Some(&identity.state), &upstream.service.name);
     if let Some(r) = record.as_deref_mut() {
         r.service = Some(upstream.service.name.clone());
         r.raw_path.clone_from(&raw_path);

@@ -14,6 +14,10 @@
 //! interpreter, as before, and a warning says so.
 //!
 //! Both paths bound each evaluation by [`EVAL_TIME_LIMIT`] and fail closed.
+//!
+//! Every evaluation is metered here, the one place both the sidecar and the
+//! ext_authz server decide: `meshward_policy_evaluations_total{result}` and
+//! `meshward_policy_evaluation_duration_seconds`.
 
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -211,6 +215,20 @@ impl CompiledPolicy {
     /// denies on undefined. Errors (evaluation failure, timeout, a value that
     /// is not a decision) are `Err`; callers deny on them too.
     pub fn evaluate(&self, input: &serde_json::Value) -> Result<Decision, PolicyError> {
+        let started = std::time::Instant::now();
+        let result = self.decide(input);
+        let outcome = match &result {
+            Ok(d) if d.allowed => "allow",
+            Ok(_) => "deny",
+            Err(_) => "error",
+        };
+        metrics::histogram!(crate::metrics::POLICY_EVALUATION_DURATION)
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!(crate::metrics::POLICY_EVALUATIONS, "result" => outcome).increment(1);
+        result
+    }
+
+    fn decide(&self, input: &serde_json::Value) -> Result<Decision, PolicyError> {
         let input = rego_value(input);
         let eval_error = |message: String| PolicyError::Eval {
             rule: self.decision_rule.clone(),
@@ -421,6 +439,45 @@ mod tests {
         let d = p.evaluate(&post).unwrap();
         assert!(!d.allowed);
         assert_eq!(d.reason.as_deref(), Some(UNDEFINED_REASON));
+    }
+
+    #[test]
+    fn every_evaluation_is_counted_by_result_and_timed() {
+        use crate::metrics::test_support::{capture, sample};
+        let p = CompiledPolicy::compile(&bundle(
+            &[(
+                "a.rego",
+                "package a\ndecision := {\"allowed\": true} if input.m == \"GET\"\n\
+                 decision := {\"allowed\": false} if input.m == \"POST\"\n\
+                 decision := \"not a decision\" if input.m == \"PUT\"\n",
+            )],
+            "data.a.decision",
+        ))
+        .unwrap();
+        let text = capture(|| {
+            for m in ["GET", "GET", "POST", "PUT", "DELETE"] {
+                let _ = p.evaluate(&json!({ "m": m }));
+            }
+        });
+        let count = |result| {
+            sample(
+                &text,
+                "meshward_policy_evaluations_total",
+                &[("result", result)],
+            )
+        };
+        assert_eq!(count("allow"), Some(2.0));
+        // DELETE: undefined, which denies.
+        assert_eq!(count("deny"), Some(2.0));
+        assert_eq!(count("error"), Some(1.0));
+        assert_eq!(
+            sample(
+                &text,
+                "meshward_policy_evaluation_duration_seconds_count",
+                &[]
+            ),
+            Some(5.0)
+        );
     }
 
     #[test]

@@ -23,12 +23,14 @@ use crate::breaker::Breakers;
 use crate::listener::{
     self, Accepted, ConnectionOptions, ConnectionSlot, Listener, ListenerKind, ListenerLimits,
 };
+use crate::metrics::labels::LabelContext;
 use crate::observe::Observability;
 use crate::pipeline::refusal::NotReady;
 use crate::pipeline::{self, Arrival, VerifiedPeer};
 use crate::policy::Direction;
 use crate::ratelimit::RateLimiter;
 use crate::state::{Endpoint, MeshState, Upstream};
+use crate::xds::rejected::LastRejected;
 
 /// State shared by every request of one dataplane.
 pub struct Shared {
@@ -43,6 +45,8 @@ pub struct Shared {
     pub state: watch::Receiver<Option<Arc<MeshState>>>,
     pub limiter: RateLimiter,
     pub breakers: Breakers,
+    /// The last xDS update this dataplane NACKed, for `/config_dump`.
+    pub xds_rejected: Arc<LastRejected>,
     pub mesh_client: upstream::MeshClient,
     pub local_client: upstream::LocalClient,
     /// The app behind an inbound dataplane.
@@ -62,13 +66,15 @@ impl Shared {
         local_upstream: Option<SocketAddr>,
         request_timeout: Duration,
     ) -> Self {
+        let labels = LabelContext::new(&name, state.clone());
         Self {
             name,
             identity,
             inbound_tls: OnceLock::new(),
             state,
-            limiter: RateLimiter::new(),
-            breakers: Breakers::new(),
+            limiter: RateLimiter::new().with_labels(labels.clone()),
+            breakers: Breakers::with_labels(labels),
+            xds_rejected: Arc::default(),
             mesh_client,
             local_client: upstream::LocalClient::default(),
             local_upstream,

@@ -23,6 +23,13 @@
 //! so memory is bounded by the keys that are genuinely active, not by every
 //! identity ever seen. Active keys are never dropped to make room: that
 //! would hand their owners a fresh burst.
+//!
+//! # Metrics
+//!
+//! Every refusal, whichever way the limiter is asked (sidecar, ext_authz,
+//! rate-limit service), counts in `meshward_limiter_refusals_total` by
+//! scope, service and reason; the service label is bounded by the registry
+//! ([`crate::metrics::labels`]).
 
 mod clock;
 pub mod service;
@@ -34,6 +41,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+
+use crate::metrics::LIMITER_REFUSALS;
+use crate::metrics::labels::LabelContext;
 
 /// Keys kept before an inline sweep is attempted.
 pub const DEFAULT_MAX_KEYS: usize = 1 << 20;
@@ -56,6 +66,16 @@ pub enum Scope {
     Ingress,
 }
 
+impl Scope {
+    /// The `scope` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Scope::Egress => "egress",
+            Scope::Ingress => "ingress",
+        }
+    }
+}
+
 /// Why a request was refused.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum RateLimitError {
@@ -68,6 +88,17 @@ pub enum RateLimitError {
     /// The identity already has `limit` requests in flight.
     #[error("too many concurrent requests for this identity (limit {limit})")]
     TooManyConcurrent { limit: u32 },
+}
+
+impl RateLimitError {
+    /// The `reason` label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RateLimitError::NoIdentity => "no_identity",
+            RateLimitError::RateExceeded { .. } => "rate",
+            RateLimitError::TooManyConcurrent { .. } => "concurrency",
+        }
+    }
 }
 
 /// A bucket after a rate-limit service call took from it.
@@ -120,6 +151,7 @@ pub struct RateLimiter {
     /// Clock reading (nanos since `epoch`) of the last inline sweep.
     last_inline_sweep: AtomicU64,
     epoch: Instant,
+    labels: LabelContext,
 }
 
 impl Default for RateLimiter {
@@ -141,7 +173,27 @@ impl RateLimiter {
             max_keys: DEFAULT_MAX_KEYS,
             last_inline_sweep: AtomicU64::new(0),
             epoch,
+            labels: LabelContext::default(),
         }
+    }
+
+    /// Names this dataplane in the refusal metric and labels services from
+    /// its registry.
+    pub fn with_labels(mut self, labels: LabelContext) -> Self {
+        self.labels = labels;
+        self
+    }
+
+    /// Counts a refusal.
+    fn refused(&self, scope: Scope, destination: &str, error: &RateLimitError) {
+        metrics::counter!(
+            LIMITER_REFUSALS,
+            "dataplane" => self.labels.dataplane(),
+            "scope" => scope.label(),
+            "service" => self.labels.service(destination),
+            "reason" => error.label(),
+        )
+        .increment(1);
     }
 
     /// Sets the key count at which adding a key triggers an inline sweep.
@@ -164,6 +216,7 @@ impl RateLimiter {
         settings: &RateLimitSettings,
     ) -> Result<Permit, RateLimitError> {
         self.take(scope, identity, destination, settings, true)
+            .inspect_err(|e| self.refused(scope, destination, e))
     }
 
     /// One token of the bucket and, when `hold_slot`, one concurrency slot.
@@ -229,6 +282,18 @@ impl RateLimiter {
         settings: &RateLimitSettings,
         hits: u32,
     ) -> Result<Option<Quota>, RateLimitError> {
+        self.take_hits_uncounted(scope, identity, destination, settings, hits)
+            .inspect_err(|e| self.refused(scope, destination, e))
+    }
+
+    fn take_hits_uncounted(
+        &self,
+        scope: Scope,
+        identity: &str,
+        destination: &str,
+        settings: &RateLimitSettings,
+        hits: u32,
+    ) -> Result<Option<Quota>, RateLimitError> {
         if identity.is_empty() {
             return Err(RateLimitError::NoIdentity);
         }
@@ -271,6 +336,7 @@ impl RateLimiter {
         }
         self.take(scope, Some(identity), destination, settings, false)
             .map(drop)
+            .inspect_err(|e| self.refused(scope, destination, e))
     }
 
     /// The bucket's key. SPIFFE IDs and service names hold no newline, so
@@ -374,6 +440,56 @@ mod tests {
             burst,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn refusals_are_counted_by_scope_service_and_reason() {
+        use crate::metrics::test_support::{capture, sample};
+        let (_tx, rx) = tokio::sync::watch::channel(Some(crate::pipeline::test_support::state()));
+        let clock = Arc::new(ManualClock::new());
+        let l = RateLimiter::with_clock(clock).with_labels(LabelContext::new("dp", rx));
+        let s = RateLimitSettings {
+            max_concurrent: 1,
+            ..rate(1.0, 1)
+        };
+        let text = capture(|| {
+            let held = l.check(Scope::Egress, Some(ALICE), "svc", &s).unwrap();
+            let _ = l.check(Scope::Egress, Some(ALICE), "svc", &s);
+            drop(held);
+            let _ = l.check(Scope::Egress, Some(ALICE), "svc", &s);
+            let _ = l.charge(Scope::Egress, ALICE, "svc", &s);
+            let _ = l.take_hits(Scope::Ingress, BOB, "made-up", &s, 5);
+            let _ = l.check(Scope::Ingress, None, "svc", &s);
+            let _ = l.take_hits(Scope::Egress, BOB, "", &s, 1);
+            let _ = l.take_hits(Scope::Egress, BOB, "", &s, 1);
+        });
+        let count = |labels: &[(&str, &str)]| {
+            sample(&text, "meshward_limiter_refusals_total", labels).unwrap_or(0.0)
+        };
+        let egress_svc = [("dataplane", "dp"), ("scope", "egress"), ("service", "svc")];
+        assert_eq!(
+            count(&[egress_svc.as_slice(), &[("reason", "concurrency")]].concat()),
+            1.0
+        );
+        assert_eq!(
+            count(&[egress_svc.as_slice(), &[("reason", "rate")]].concat()),
+            2.0
+        );
+        assert_eq!(
+            count(&[
+                ("scope", "ingress"),
+                ("service", "unregistered"),
+                ("reason", "rate")
+            ]),
+            1.0,
+            "a service outside the registry is not a label value"
+        );
+        assert_eq!(
+            count(&[("scope", "ingress"), ("reason", "no_identity")]),
+            1.0
+        );
+        assert_eq!(count(&[("scope", "egress"), ("service", "none")]), 1.0);
+        assert!(!text.contains("made-up"), "{text}");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 pub mod cache;
 pub mod handlers;
+pub mod rejected;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +30,7 @@ use tracing::{debug, info, warn};
 
 use crate::state::MeshState;
 use cache::Caches;
+use rejected::LastRejected;
 
 /// Counter: responses handled, labelled `type_url` and `result` (`ack`/`nack`).
 pub const METRIC_UPDATES: &str = "meshward_xds_client_updates_total";
@@ -86,8 +88,17 @@ pub fn spawn(
     config: XdsClientConfig,
     identity: IdentitySource,
 ) -> (watch::Receiver<Option<Arc<MeshState>>>, JoinHandle<()>) {
+    spawn_reporting(config, identity, Arc::default())
+}
+
+/// [`spawn`], recording every rejected response in `rejected`.
+pub fn spawn_reporting(
+    config: XdsClientConfig,
+    identity: IdentitySource,
+    rejected: Arc<LastRejected>,
+) -> (watch::Receiver<Option<Arc<MeshState>>>, JoinHandle<()>) {
     let (tx, rx) = watch::channel(None);
-    let handle = tokio::spawn(run(config, identity, tx));
+    let handle = tokio::spawn(run(config, identity, tx, rejected));
     (rx, handle)
 }
 
@@ -95,12 +106,13 @@ async fn run(
     config: XdsClientConfig,
     identity: IdentitySource,
     state: watch::Sender<Option<Arc<MeshState>>>,
+    rejected: Arc<LastRejected>,
 ) {
     let mut caches = Caches::default();
     let mut backoff = Backoff::default();
     loop {
         let result = tokio::select! {
-            r = session(&config, &identity, &mut caches, &state, &mut backoff) => r,
+            r = session(&config, &identity, &mut caches, &state, &rejected, &mut backoff) => r,
             () = state.closed() => return,
         };
         if let Err(e) = result {
@@ -122,6 +134,7 @@ async fn session(
     identity: &IdentitySource,
     caches: &mut Caches,
     state: &watch::Sender<Option<Arc<MeshState>>>,
+    rejected: &LastRejected,
     backoff: &mut Backoff,
 ) -> Result<(), XdsClientError> {
     let address = config.address.clone();
@@ -179,7 +192,7 @@ async fn session(
             Err(status) => return Err(XdsClientError::Stream { address, status }),
         };
         backoff.reset();
-        let reply = handle(&response, caches, state);
+        let reply = handle(&response, caches, state, rejected);
         if requests.send(reply).await.is_err() {
             return Err(XdsClientError::Closed { address });
         }
@@ -191,6 +204,7 @@ fn handle(
     response: &DeltaDiscoveryResponse,
     caches: &mut Caches,
     state: &watch::Sender<Option<Arc<MeshState>>>,
+    rejected: &LastRejected,
 ) -> DeltaDiscoveryRequest {
     let mut reply = DeltaDiscoveryRequest {
         type_url: response.type_url.clone(),
@@ -218,6 +232,7 @@ fn handle(
             );
             metrics::counter!(METRIC_UPDATES, "type_url" => response.type_url.clone(), "result" => "nack")
                 .increment(1);
+            rejected.record(&response.type_url, &reason);
             reply.error_detail = Some(RpcStatus {
                 code: INVALID_ARGUMENT,
                 message: reason,

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 use tonic::transport::Server;
 
-use super::{XdsClientConfig, spawn};
+use super::{XdsClientConfig, spawn, spawn_reporting};
 use crate::state::MeshState;
 
 const CONTROL_PLANE: &str = "spiffe://example.org/meshward/controlplane";
@@ -53,6 +53,7 @@ fn mesh() -> Mesh {
         backend: None,
     };
     Mesh {
+        tracing: None,
         authorizers: Vec::new(),
         source: PathBuf::from("mesh.yaml"),
         trust_domain: "example.org".into(),
@@ -229,8 +230,14 @@ async fn broken_policy_is_nacked_and_last_good_state_kept() {
     let world = World::new(HELLO).await;
     let (l, addr) = listener().await;
     let cp = ControlPlane::start(&world.cp_identity, l, mesh()).await;
-    let (mut rx, task) = spawn(client_config(&addr), world.node_identity.clone());
+    let rejected = std::sync::Arc::new(super::rejected::LastRejected::default());
+    let (mut rx, task) = spawn_reporting(
+        client_config(&addr),
+        world.node_identity.clone(),
+        rejected.clone(),
+    );
     let before = wait_for(&mut rx, "warm state", |_| true).await;
+    assert_eq!(rejected.get(), None);
 
     // One model change: a bundle that does not compile and an agent change.
     // The server pushes the bundle before the agent, so once the agent
@@ -254,6 +261,11 @@ async fn broken_policy_is_nacked_and_last_good_state_kept() {
         after.versions.get(policy_type),
         before.versions.get(policy_type)
     );
+    let nack = rejected
+        .get()
+        .expect("the NACK is recorded for /config_dump");
+    assert_eq!(nack.type_url, policy_type);
+    assert!(nack.error.contains("authz.rego"), "{}", nack.error);
 
     // A fixed bundle is applied.
     cp.update(|m| {

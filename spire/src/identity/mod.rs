@@ -43,7 +43,7 @@ pub use metrics::{
 pub use source::IdentitySource;
 pub use svid::SvidInfo;
 pub use workload::WorkloadIdentity;
-pub use x509::{leaf_authority_key_id, leaf_not_after, leaf_serial, subject_key_id};
+pub use x509::{leaf_authority_key_id, leaf_not_after, leaf_serial, rfc3339, subject_key_id};
 
 #[cfg(test)]
 mod tests;
