@@ -109,7 +109,7 @@ impl ExtAuthz {
         attributes: &AttributeContext,
         request_id: &str,
         decision_id: &str,
-        mut audit: Option<&mut Audit<'_>>,
+        audit: Option<&mut Audit<'_>>,
         span: &mut HopSpan,
     ) -> Result<Decision, Refusal> {
         let own = self.shared.own_spiffe_id().map_err(NotReady::Identity)?;
@@ -153,7 +153,7 @@ impl ExtAuthz {
             Checkpoint::ExtAuthz,
             &doc,
             &self.shared.limiter,
-            audit.as_deref_mut(),
+            audit,
         ) {
             // Allowed by configuration, but still metered and still
             // stripped of forged identity headers below.
