@@ -333,12 +333,17 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let admin_listener = TcpListener::bind(admin)
                 .await
                 .with_context(|| format!("binding {admin}"))?;
+            let traces = meshward_telemetry::Tracing::start(
+                meshward_telemetry::TracingConfig::resolve(None)?.as_ref(),
+                "controlplane",
+            )?;
             let cp = meshward_controlplane::ControlPlane::start(
                 meshward_controlplane::ControlPlaneOptions {
                     config,
                     overlay: None,
                     identity,
                     xds: listener,
+                    tracing: traces.clone(),
                 },
             )
             .await?;
@@ -357,6 +362,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             stop.cancel();
             let _ = admin_task.await;
             cp.shutdown().await;
+            traces.flush(Duration::from_secs(2)).await;
             Ok(ExitCode::SUCCESS)
         }
         Command::Dataplane {

@@ -24,6 +24,7 @@ use meshward_dataplane::xds::XdsClientConfig;
 use meshward_dataplane::{Dataplane, DataplaneOptions, ExtAuthzListener};
 use meshward_spire::IdentitySource;
 use meshward_spire::devserver::{DevIdentityServer, DevServerOptions};
+use meshward_telemetry::Tracing;
 use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -251,6 +252,7 @@ impl Up {
             overlay: Some(overlay),
             identity: cp_identity,
             xds: xds_listener,
+            tracing: Tracing::start(opts.observe.tracing.as_ref(), "controlplane")?,
         })
         .await
         .context("starting the control plane")?;

@@ -144,6 +144,7 @@ impl World {
             overlay: Some(overlay),
             identity: cp_identity,
             xds: xds_l,
+            tracing: meshward_telemetry::Tracing::off(),
         })
         .await
         .expect("control plane");

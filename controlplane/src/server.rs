@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use meshward_spire::IdentitySource;
+use meshward_telemetry::Tracing;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -26,6 +27,9 @@ pub struct ControlPlaneOptions {
     pub identity: IdentitySource,
     /// Where xDS is served (mTLS, h2).
     pub xds: TcpListener,
+    /// Traces each pushed model and every node's ACK or NACK of it
+    /// ([`crate::xds::trace`]); [`Tracing::off`] for none.
+    pub tracing: Tracing,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +99,9 @@ pub struct ControlPlane {
     identity: IdentitySource,
     meshes: watch::Receiver<Arc<Mesh>>,
     reloads: watch::Receiver<ReloadStatus>,
+    /// What each (re)start of the xDS listener serves: one snapshot cache
+    /// and push tracer for the control plane's whole life.
+    xds: XdsServer,
     watcher: JoinHandle<()>,
     serving: watch::Sender<bool>,
     server: Option<(CancellationToken, JoinHandle<()>)>,
@@ -124,6 +131,7 @@ impl ControlPlane {
             xds_addr,
             svid_metrics,
             identity: opts.identity,
+            xds: XdsServer::new(meshes.clone()).with_tracing(opts.tracing),
             meshes,
             reloads,
             watcher,
@@ -141,9 +149,7 @@ impl ControlPlane {
         let stop = CancellationToken::new();
         // The token also ends open ADS streams: stopping the listener alone
         // would leave connected dataplanes receiving pushes.
-        let routes = XdsServer::new(self.meshes.clone())
-            .with_shutdown(stop.clone())
-            .into_routes();
+        let routes = self.xds.clone().with_shutdown(stop.clone()).into_routes();
         let stopped = stop.clone();
         let task = tokio::spawn(async move {
             let result = tonic::transport::Server::builder()

@@ -24,3 +24,6 @@ mod span;
 pub use config::{ConfigError, ParentRoot, Protocol, SamplerConfig, TracingConfig, TracingFile};
 pub use export::describe_metrics;
 pub use span::{HopSpan, SpanKind, Tracing, TracingError};
+
+#[cfg(feature = "testing")]
+pub mod testing;

@@ -2,7 +2,7 @@
 
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use http::HeaderMap;
 use opentelemetry::propagation::TextMapPropagator;
@@ -262,6 +262,15 @@ impl HopSpan {
     /// Ends the span now (dropping it does the same).
     pub fn end(self) {
         drop(self)
+    }
+
+    /// Ends the span with `time` as its end, for a span whose work was over
+    /// before it could be ended (the xDS push ends when its last node
+    /// answered, which is known only later).
+    pub fn end_at(mut self, time: SystemTime) {
+        if let Some(s) = self.0.as_mut() {
+            s.end_with_timestamp(time);
+        }
     }
 }
 

@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 use tracing::debug;
 
 use super::sotw::WILDCARD;
+use super::trace::Sent;
 use super::{Nonces, Session, record_nack};
 use crate::snapshot::{NodeIdentity, Snapshot, type_url};
 
@@ -204,8 +205,18 @@ impl Session for DeltaSession {
             .collect()
     }
 
-    fn response_type(response: &DeltaDiscoveryResponse) -> &str {
-        &response.type_url
+    fn request_answer(request: &DeltaDiscoveryRequest) -> (&str, Option<&str>) {
+        let error = request.error_detail.as_ref().map(|e| e.message.as_str());
+        (&request.response_nonce, error)
+    }
+
+    fn sent(response: &DeltaDiscoveryResponse) -> Sent<'_> {
+        Sent {
+            type_url: &response.type_url,
+            nonce: &response.nonce,
+            version: &response.system_version_info,
+            resources: response.resources.len(),
+        }
     }
 }
 

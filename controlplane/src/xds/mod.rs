@@ -7,10 +7,12 @@
 //! taken from the latest [`Mesh`] whenever the model changes (built once per
 //! view and shared, see [`SnapshotCache`]), and the protocol sessions ([`sotw`], [`delta`]) decide what to (re)send. They are
 //! plain state machines with no I/O so the protocol rules are unit-tested
-//! without a network.
+//! without a network. With tracing on, each pushed model is a trace
+//! ([`trace`]): the push, and each node's delivery until it ACKs or NACKs.
 
 pub mod delta;
 pub mod sotw;
+pub mod trace;
 mod typed;
 
 use std::pin::Pin;
@@ -25,6 +27,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 use futures::Stream;
 use meshward_spire::grpc::peer_identity;
+use meshward_telemetry::Tracing;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +36,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::Mesh;
 use crate::snapshot::{self, ClientKind, NodeIdentity, Snapshot, SnapshotCache};
+use trace::{Deliveries, PushTracer, Sent};
 
 /// Counter: responses sent, labelled `type_url` and `protocol` (`sotw`/`delta`).
 pub const METRIC_PUSHES: &str = "meshward_xds_pushes_total";
@@ -67,6 +71,8 @@ pub struct XdsServer {
     meshes: watch::Receiver<Arc<Mesh>>,
     /// Shared by every stream: one snapshot per view of the mesh.
     snapshots: Arc<SnapshotCache>,
+    /// Shared by every stream: one `xds.push` trace per model.
+    pushes: Arc<PushTracer>,
     shutdown: CancellationToken,
 }
 
@@ -77,8 +83,23 @@ impl XdsServer {
         Self {
             meshes,
             snapshots: Arc::default(),
+            pushes: Arc::new(PushTracer::new(Tracing::off())),
             shutdown: CancellationToken::new(),
         }
+    }
+
+    /// Traces every push through `tracing` (see [`trace`]); off by default.
+    #[must_use]
+    pub fn with_tracing(mut self, tracing: Tracing) -> Self {
+        self.pushes = Arc::new(PushTracer::new(tracing));
+        self
+    }
+
+    /// Tracing with a shorter push window, so tests see roots end.
+    #[cfg(test)]
+    fn with_push_window(mut self, tracing: Tracing, window: std::time::Duration) -> Self {
+        self.pushes = Arc::new(PushTracer::with_window(tracing, window));
+        self
     }
 
     /// Ends every open stream (with `UNAVAILABLE`, so clients reconnect)
@@ -177,8 +198,11 @@ pub trait Session: Send + 'static {
     /// Installs a rebuilt snapshot; returns the updates to push, in
     /// CDS, EDS, LDS, RDS, PolicyBundle, Agent order.
     fn on_snapshot(&mut self, snapshot: Arc<Snapshot>) -> Vec<Self::Response>;
-    /// The type URL of a response (for metrics).
-    fn response_type(response: &Self::Response) -> &str;
+    /// The nonce a request answers (empty on a subscription) and, for a
+    /// NACK, the client's error message.
+    fn request_answer(request: &Self::Request) -> (&str, Option<&str>);
+    /// What a response is (for metrics and the push trace).
+    fn sent(response: &Self::Response) -> Sent<'_>;
 }
 
 /// Keeps [`METRIC_STREAMS`] accurate however a stream ends.
@@ -227,9 +251,12 @@ async fn drive<S: Session>(
     let XdsServer {
         mut meshes,
         snapshots,
+        pushes,
         shutdown,
     } = server;
     let _gauge = StreamGauge::open();
+    // Ends the stream's open deliveries as abandoned however it ends.
+    let mut deliveries = Deliveries::new(S::PROTOCOL);
     let mut node = NodeIdentity {
         spiffe_id,
         node_id: String::new(),
@@ -239,7 +266,7 @@ async fn drive<S: Session>(
     let mut session: Option<S> = None;
     info!(peer = %node.spiffe_id, protocol = S::PROTOCOL, "xDS stream opened");
     loop {
-        let responses = tokio::select! {
+        let (responses, push) = tokio::select! {
             message = inbound.message() => match message {
                 Ok(Some(mut request)) => {
                     if let Some(pinned) = pin {
@@ -272,7 +299,9 @@ async fn drive<S: Session>(
                             session.insert(S::new(node.clone(), snapshots.get(&mesh, &node)))
                         }
                     };
-                    session.on_request(request)
+                    let (nonce, error) = S::request_answer(&request);
+                    deliveries.answered(S::request_type(&request), nonce, error);
+                    (session.on_request(request), None)
                 }
                 Ok(None) => {
                     debug!(peer = %node.spiffe_id, node = %node.node_id, "xDS stream closed by client");
@@ -287,8 +316,11 @@ async fn drive<S: Session>(
                 Ok(()) => {
                     let mesh = Arc::clone(&meshes.borrow_and_update());
                     match &mut session {
-                        Some(session) => session.on_snapshot(snapshots.get(&mesh, &node)),
-                        None => Vec::new(),
+                        Some(session) => {
+                            let push = pushes.push(&mesh, || Arc::clone(&meshes.borrow()));
+                            (session.on_snapshot(snapshots.get(&mesh, &node)), push)
+                        }
+                        None => (Vec::new(), None),
                     }
                 }
                 Err(_) => {
@@ -303,7 +335,9 @@ async fn drive<S: Session>(
             }
         };
         for response in responses {
-            let type_url = S::response_type(&response).to_string();
+            let sent = S::sent(&response);
+            let type_url = sent.type_url.to_string();
+            deliveries.sent(push.as_ref(), &node, sent);
             if !send(&tx, Ok(response), &shutdown).await {
                 debug!(peer = %node.spiffe_id, node = %node.node_id, "xDS client gone or server stopping");
                 return;

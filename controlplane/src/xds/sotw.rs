@@ -14,6 +14,7 @@ use meshward_contract::sotw::{Received, SotwStream};
 use sha2::{Digest, Sha256};
 use tracing::debug;
 
+use super::trace::Sent;
 use super::{Session, record_nack};
 use crate::snapshot::{NodeIdentity, Snapshot, type_url};
 
@@ -114,8 +115,18 @@ impl Session for SotwSession {
             .collect()
     }
 
-    fn response_type(response: &DiscoveryResponse) -> &str {
-        &response.type_url
+    fn request_answer(request: &DiscoveryRequest) -> (&str, Option<&str>) {
+        let error = request.error_detail.as_ref().map(|e| e.message.as_str());
+        (&request.response_nonce, error)
+    }
+
+    fn sent(response: &DiscoveryResponse) -> Sent<'_> {
+        Sent {
+            type_url: &response.type_url,
+            nonce: &response.nonce,
+            version: &response.version_info,
+            resources: response.resources.len(),
+        }
     }
 }
 

@@ -91,6 +91,14 @@ struct Harness {
 impl Harness {
     /// A server whose every connection is `peer` (`None`: plain TCP, no identity).
     async fn start(peer: Option<&str>) -> Self {
+        Self::start_with(peer, |server| server).await
+    }
+
+    /// The same, the server first set up by `configure`.
+    async fn start_with(
+        peer: Option<&str>,
+        configure: impl FnOnce(XdsServer) -> XdsServer,
+    ) -> Self {
         let (tx, rx) = watch::channel(Arc::new(fixtures::mesh()));
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -99,7 +107,7 @@ impl Harness {
             .local_addr()
             .unwrap_or_else(|e| panic!("local_addr: {e}"));
         let shutdown = CancellationToken::new();
-        let service = XdsServer::new(rx)
+        let service = configure(XdsServer::new(rx))
             .with_shutdown(shutdown.clone())
             .into_routes();
         match peer {
@@ -750,5 +758,155 @@ mod per_type {
             refused.map(|_| ()).unwrap_err().code(),
             tonic::Code::InvalidArgument
         );
+    }
+}
+
+/// A pushed model is one trace through the real server: the `xds.push`
+/// root and one `xds.deliver` per stream, ended by the node's ACK or NACK.
+mod push_trace {
+    use meshward_telemetry::testing::{SpanData, Status, in_memory};
+
+    use super::*;
+
+    fn attr(span: &SpanData, key: &str) -> Option<String> {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == key)
+            .map(|kv| kv.value.as_str().into_owned())
+    }
+
+    #[tokio::test]
+    async fn a_push_to_a_delta_and_a_sotw_stream_is_one_trace() {
+        let (tracing, exporter) = in_memory("controlplane");
+        let traced = tracing.clone();
+        let mut h =
+            Harness::start_with(Some(HELLO), move |s| s.with_push_window(traced, WAIT * 6)).await;
+        let mut delta = h.delta().await;
+        delta.warm(type_url::AGENT).await;
+        let mut sotw = h.sotw().await;
+        let subscribe = |ack: Option<&DiscoveryResponse>| DiscoveryRequest {
+            node: Some(Node {
+                id: "sotw-node".into(),
+                user_agent_name: MESHWARD_USER_AGENT.into(),
+                ..Default::default()
+            }),
+            type_url: type_url::AGENT.into(),
+            version_info: ack.map(|r| r.version_info.clone()).unwrap_or_default(),
+            response_nonce: ack.map(|r| r.nonce.clone()).unwrap_or_default(),
+            ..Default::default()
+        };
+        sotw.send(subscribe(None)).await;
+        let first = sotw.next().await;
+        sotw.send(subscribe(Some(&first))).await;
+
+        h.update(|m| {
+            if let Some(a) = m.agents.get_mut("triage") {
+                a.permissions.push("x".into());
+            }
+        });
+        let pushed = delta.next().await;
+        assert_eq!(pushed.type_url, type_url::AGENT);
+        delta.ack(&pushed).await;
+        let rejected = sotw.next().await;
+        let mut nack = subscribe(Some(&rejected));
+        nack.version_info = first.version_info.clone();
+        nack.error_detail = Some(RpcStatus {
+            code: tonic::Code::InvalidArgument as i32,
+            message: "agent triage: bad permission".into(),
+            details: vec![],
+        });
+        sotw.send(nack).await;
+        // Both answers were handled: each stream answered a later request.
+        delta.assert_quiet().await;
+        sotw.send(DiscoveryRequest {
+            type_url: type_url::LISTENER.into(),
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(sotw.next().await.type_url, type_url::LISTENER);
+
+        // The next model supersedes the push, ending its root.
+        h.update(|m| {
+            if let Some(a) = m.agents.get_mut("triage") {
+                a.permissions.push("y".into());
+            }
+        });
+        assert_eq!(delta.next().await.type_url, type_url::AGENT);
+
+        assert!(tracing.flush(WAIT).await);
+        let spans = exporter
+            .get_finished_spans()
+            .unwrap_or_else(|e| panic!("in-memory exporter: {e}"));
+        let roots: Vec<_> = spans.iter().filter(|s| s.name == "xds.push").collect();
+        assert_eq!(roots.len(), 1, "{spans:#?}");
+        let root = roots[0];
+        assert_eq!(attr(root, "meshward.config_revision").as_deref(), Some("1"));
+        let deliveries: Vec<_> = spans
+            .iter()
+            .filter(|s| s.name == "xds.deliver" && s.parent_span_id == root.span_context.span_id())
+            .collect();
+        assert_eq!(deliveries.len(), 2, "{spans:#?}");
+        let of = |node: &str| {
+            deliveries
+                .iter()
+                .find(|d| attr(d, "meshward.node").as_deref() == Some(node))
+                .unwrap_or_else(|| panic!("no delivery to {node}: {deliveries:#?}"))
+        };
+        let (ack, nack) = (of("test-node"), of("sotw-node"));
+        for (d, protocol) in [(ack, "delta"), (nack, "sotw")] {
+            assert_eq!(d.span_context.trace_id(), root.span_context.trace_id());
+            assert_eq!(attr(d, "xds.protocol").as_deref(), Some(protocol));
+            assert_eq!(attr(d, "xds.type_url").as_deref(), Some(type_url::AGENT));
+            assert_eq!(attr(d, "meshward.node_spiffe_id").as_deref(), Some(HELLO));
+        }
+        assert_eq!(attr(ack, "xds.result").as_deref(), Some("ack"));
+        assert_eq!(
+            attr(ack, "xds.version").as_deref(),
+            Some(pushed.system_version_info.as_str())
+        );
+        assert_eq!(attr(nack, "xds.result").as_deref(), Some("nack"));
+        assert_eq!(
+            attr(nack, "xds.version").as_deref(),
+            Some(rejected.version_info.as_str())
+        );
+        assert_eq!(nack.status, Status::error("agent triage: bad permission"));
+    }
+
+    /// A client that goes away without answering: its delivery ends as
+    /// abandoned when the server sees the stream close.
+    #[tokio::test]
+    async fn a_stream_closed_before_answering_abandons_its_delivery() {
+        let (tracing, exporter) = in_memory("controlplane");
+        let traced = tracing.clone();
+        let mut h =
+            Harness::start_with(Some(HELLO), move |s| s.with_push_window(traced, WAIT * 6)).await;
+        let mut delta = h.delta().await;
+        delta.warm(type_url::AGENT).await;
+        h.update(|m| {
+            if let Some(a) = m.agents.get_mut("triage") {
+                a.permissions.push("x".into());
+            }
+        });
+        let pushed = delta.next().await;
+        assert_eq!(pushed.type_url, type_url::AGENT);
+        drop(delta);
+        // The server ends the delivery once it reads the close; the exporter
+        // is the signal, waited on with a deadline.
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            assert!(tracing.flush(WAIT).await);
+            let spans = exporter
+                .get_finished_spans()
+                .unwrap_or_else(|e| panic!("in-memory exporter: {e}"));
+            if let Some(d) = spans.iter().find(|s| s.name == "xds.deliver") {
+                assert_eq!(attr(d, "xds.result").as_deref(), Some("abandoned"));
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no abandoned delivery within {WAIT:?}"
+            );
+            tokio::task::yield_now().await;
+        }
     }
 }
