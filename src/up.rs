@@ -168,6 +168,12 @@ impl Up {
         std::fs::create_dir_all(&opts.state_dir)
             .with_context(|| format!("creating state dir {}", opts.state_dir.display()))?;
         let metrics = telemetry::prometheus();
+        // Traces: the OpenTelemetry environment, else the mesh file's
+        // `telemetry.tracing`.
+        let mut observe = opts.observe.clone();
+        if observe.tracing.is_none() {
+            observe.tracing = meshward_telemetry::TracingConfig::resolve(mesh.tracing.as_ref())?;
+        }
         let stop = CancellationToken::new();
         let mut tasks = Vec::new();
 
@@ -252,7 +258,7 @@ impl Up {
             overlay: Some(overlay),
             identity: cp_identity,
             xds: xds_listener,
-            tracing: Tracing::start(opts.observe.tracing.as_ref(), "controlplane")?,
+            tracing: Tracing::start(observe.tracing.as_ref(), "controlplane")?,
         })
         .await
         .context("starting the control plane")?;
@@ -269,12 +275,6 @@ impl Up {
             node_id: node.to_string(),
             cluster: "meshward-up".to_string(),
         };
-        // Traces: the OpenTelemetry environment, else the mesh file's
-        // `telemetry.tracing`.
-        let mut observe = opts.observe.clone();
-        if observe.tracing.is_none() {
-            observe.tracing = meshward_telemetry::TracingConfig::resolve(mesh.tracing.as_ref())?;
-        }
         let sinks = Sinks::open(&observe)?;
         let mut dataplanes = Vec::new();
         let mut services = Vec::new();

@@ -3,7 +3,8 @@
 //! inbound span the child of the outbound one, with the HTTP and Meshward
 //! attributes; a denied call's trace says who was refused, by which
 //! revision and why; and a collector that goes away costs spans, never
-//! requests.
+//! requests. The control plane's push of the config is a trace of its own,
+//! a delivery span per node until its ACK.
 
 mod common;
 
@@ -222,5 +223,38 @@ async fn otlp_over_http_and_a_trace_that_starts_at_the_sidecar() {
         tag_str(inbound, "meshward.request_id"),
         "one request id across the hops"
     );
+
+    // The control plane's push of a config change is a trace too: the
+    // push, and under it each node's delivery until its ACK.
+    common::rewrite(&mesh.config_path(), |t| {
+        t.replacen("type: analysis", "type: analysis\n      region: eu", 1)
+    });
+    let push = jaeger
+        .wait_for_trace(
+            |t| {
+                let spans = jaeger::spans(t);
+                let Some(root) = spans.iter().find(|s| s["operationName"] == "xds.push") else {
+                    return false;
+                };
+                // The edited agent's sidecar and a service's inbound
+                // dataplane (which knows every agent) both ACKed it.
+                ["billing-bot", "hello-skill-inbound"].iter().all(|node| {
+                    spans.iter().any(|s| {
+                        s["operationName"] == "xds.deliver"
+                            && jaeger::parent_of(s) == root["spanID"].as_str()
+                            && jaeger::tag(s, "meshward.node").and_then(Value::as_str) == Some(node)
+                            && jaeger::tag(s, "xds.result").and_then(Value::as_str) == Some("ack")
+                    })
+                })
+            },
+            STORED,
+        )
+        .await;
+    let root = jaeger::spans(&push)
+        .into_iter()
+        .find(|s| s["operationName"] == "xds.push")
+        .unwrap();
+    assert_eq!(jaeger::service_of(&push, root), Some("controlplane"));
+    assert!(!tag_str(root, "meshward.policy_revision").is_empty());
     mesh.shutdown().await;
 }
