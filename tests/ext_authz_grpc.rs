@@ -25,6 +25,7 @@ use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_client::R
 use meshward::UpOptions;
 use meshward_dataplane::extauthz::ExtAuthzSettings;
 use meshward_dataplane::grpc_server::{GrpcEndpoint, GrpcListener, GrpcTls};
+use meshward_dataplane::observe::Observability;
 use meshward_dataplane::xds::XdsClientConfig;
 use meshward_dataplane::{Dataplane, DataplaneOptions, ExtAuthzListener};
 use tonic::transport::Channel;
@@ -225,6 +226,7 @@ async fn authorizer(
     spiffe_id: &str,
     ext_authz: ExtAuthzListener,
     rate_limit: Option<GrpcEndpoint>,
+    observe: Observability,
 ) -> Dataplane {
     let up = mesh.up();
     let socket = up.identity_server().register(spiffe_id).await.unwrap();
@@ -236,7 +238,7 @@ async fn authorizer(
     .unwrap();
     let dp = Dataplane::start(DataplaneOptions {
         name: name.into(),
-        observe: Default::default(),
+        observe,
         identity: identity.into(),
         xds: XdsClientConfig {
             address: up.info.controlplane.xds.clone(),
@@ -330,6 +332,7 @@ async fn authorizers_listen_on_mtls_and_unix_sockets_and_dry_run_allows() {
             },
             tls: GrpcTls::Plain,
         }),
+        Observability::default(),
     )
     .await;
     let dry_path = dir.path().join("dry.sock");
@@ -351,6 +354,7 @@ async fn authorizers_listen_on_mtls_and_unix_sockets_and_dry_run_allows() {
             },
         },
         None,
+        Observability::default(),
     )
     .await;
 
@@ -424,5 +428,133 @@ async fn authorizers_listen_on_mtls_and_unix_sockets_and_dry_run_allows() {
 
     mtls.shutdown().await;
     dry.shutdown().await;
+    mesh.shutdown().await;
+}
+
+const TRACED_AUTHORIZER: &str = "spiffe://example.org/meshward/ext-authz-traced";
+
+/// A check is a span in the checked request's trace, and its decision is a
+/// decision-log event whose id the denied response carries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_joins_the_callers_trace_and_the_decision_log() {
+    use meshward_dataplane::observe::{DecisionLog, LineSink, LogTarget};
+    use meshward_telemetry::testing;
+
+    let mesh = TestMesh::start_with(|yaml| {
+        *yaml = yaml.replacen(
+            "authorizers:\n",
+            &format!("authorizers:\n  - {TRACED_AUTHORIZER}\n"),
+            1,
+        );
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("decisions.log");
+    let (tracing, spans) = testing::in_memory("authorizer-traced");
+    let sink = LineSink::open("decision", &LogTarget::File(log_path.clone())).unwrap();
+    let observe = Observability {
+        tracing: tracing.clone(),
+        access_log: None,
+        decision_log: Some(
+            DecisionLog::new(sink, DecisionLog::default_mask(), "authorizer-traced").unwrap(),
+        ),
+    };
+    let path = dir.path().join("authz.sock");
+    let _dp = authorizer(
+        &mesh,
+        "authorizer-traced",
+        TRACED_AUTHORIZER,
+        ExtAuthzListener {
+            endpoint: GrpcEndpoint {
+                listener: GrpcListener::Unix {
+                    listener: tokio::net::UnixListener::bind(&path).unwrap(),
+                    path: path.clone(),
+                },
+                tls: GrpcTls::Plain,
+            },
+            settings: ExtAuthzSettings::default(),
+        },
+        None,
+        observe,
+    )
+    .await;
+
+    let mut check = triage_check("/invoices");
+    let http = check
+        .attributes
+        .as_mut()
+        .unwrap()
+        .request
+        .as_mut()
+        .unwrap()
+        .http
+        .as_mut()
+        .unwrap();
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent = "00f067aa0ba902b7";
+    http.headers
+        .insert("traceparent".into(), format!("00-{trace_id}-{parent}-01"));
+    http.headers
+        .insert("authorization".into(), "Bearer check-secret".into());
+    let r = AuthorizationClient::new(unix_channel(path).await)
+        .check(check)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.status.as_ref().unwrap().code, 7, "{r:?}");
+    let Some(HttpResponse::DeniedResponse(denied)) = &r.http_response else {
+        panic!("{r:?}")
+    };
+    let decision_id = denied
+        .headers
+        .iter()
+        .filter_map(|h| h.header.as_ref())
+        .find(|h| h.key == "x-meshward-decision-id")
+        .map(|h| h.value.clone())
+        .expect("the denial names its decision");
+
+    // The span: a child of the checked request's context, saying why.
+    assert!(tracing.flush(Duration::from_secs(5)).await);
+    let finished = spans.get_finished_spans().unwrap();
+    let span = finished
+        .iter()
+        .find(|s| s.name == "envoy.service.auth.v3.Authorization/Check")
+        .unwrap_or_else(|| panic!("no Check span: {finished:?}"));
+    assert_eq!(span.span_context.trace_id().to_string(), trace_id);
+    assert_eq!(span.parent_span_id.to_string(), parent);
+    let attr = |k: &str| {
+        span.attributes
+            .iter()
+            .find(|kv| kv.key.as_str() == k)
+            .map(|kv| kv.value.to_string())
+            .unwrap_or_else(|| panic!("no {k} on {span:?}"))
+    };
+    assert_eq!(attr("rpc.system"), "grpc");
+    assert_eq!(attr("rpc.method"), "Check");
+    assert_eq!(attr("meshward.caller"), SUPPORT_TRIAGE);
+    assert_eq!(attr("meshward.service"), "billing-system");
+    assert_eq!(attr("meshward.decision"), "deny");
+    assert_eq!(attr("meshward.refusal"), "forbidden");
+    assert_eq!(attr("meshward.decision_id"), decision_id);
+
+    // The decision-log event with the same id, the credential erased.
+    let event = common::wait::poll(Duration::from_secs(10), "the decision event", || {
+        let log_path = log_path.clone();
+        let decision_id = decision_id.clone();
+        async move {
+            std::fs::read_to_string(&log_path)
+                .unwrap_or_default()
+                .lines()
+                .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+                .find(|e| e["decision_id"] == decision_id.as_str())
+                .ok_or_else(|| "not yet".to_string())
+        }
+    })
+    .await;
+    assert_eq!(
+        event["input"]["attributes"]["request"]["http"]["path"],
+        "/invoices"
+    );
+    assert!(!event.to_string().contains("check-secret"), "{event}");
     mesh.shutdown().await;
 }

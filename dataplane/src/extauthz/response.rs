@@ -91,6 +91,12 @@ fn denied(refusal: &Refusal, request_id: &str, decision_id: &str) -> CheckRespon
             (headers, rendered.body.clone(), Value::Null)
         }
     };
+    // The caller can quote the decision that refused it, as in sidecar mode.
+    let mut headers = headers;
+    headers.push((
+        crate::pipeline::headers::DECISION_ID.into(),
+        decision_id.into(),
+    ));
     // The plugin denies an unparsable request with PERMISSION_DENIED too.
     let code = match unparsable {
         Some(_) => PERMISSION_DENIED,
