@@ -24,7 +24,24 @@
 # POLICY_DIR (policy bundle to copy, default policies/),
 # KEEP=1 (leave the temp dir), PERF=1 (after the measured cases, an extra
 # meshward h2c run at the highest concurrency under `perf record`:
-# $OUT/perf.data and $OUT/perf-summary.md).
+# $OUT/perf.data and $OUT/perf-summary.md),
+# REPEAT (default 1: run every target this many times per case, interleaved,
+# each repeat in a rotated order),
+# TRACING (e.g. "off 1 100": measure Meshward with OTLP tracing off and at 1%
+# and 100% sampling, see below), MESHWARD_JAEGER (collector binary, default
+# .tools/bin/jaeger from scripts/install-jaeger.sh).
+#
+# TRACING: one `meshward up` per mode runs side by side from the same binary
+# and mesh copy (ext_authz/rate-limit servers off in all of them, they would
+# collide on their fixed ports and are not on the proxy path); a mode of N
+# (percent) exports OTLP/gRPC spans to one real Jaeger v2 on loopback
+# (tests/fixtures/jaeger/config.yaml, in-memory store) with
+# OTEL_TRACES_SAMPLER=parentbased_traceidratio, OTEL_TRACES_SAMPLER_ARG=N/100;
+# "off" runs with no OTEL_* variable. Targets meshward (off), meshward-t1,
+# meshward-t100... take the place of `meshward` and interleave inside each
+# case. Server CPU sums every mesh (idle ones included, alike for all rows);
+# the collector's CPU is reported on its own. At the end each mode's
+# meshward_trace_spans_{exported,dropped}_total come from its /metrics.
 # Prints a markdown section (also written to $OUT/report.md) for benches/RESULTS.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,9 +52,10 @@ WARMUP=${WARMUP:-2}
 CONCURRENCY=${CONCURRENCY:-"1 32"}
 PROTOS=${PROTOS:-"h1 h2c"}
 TARGETS=${TARGETS:-"direct meshward envoy"}
+TARGETS_ARG=$TARGETS
 ENVOY_CONCURRENCY=${ENVOY_CONCURRENCY:-1}
 OUT=${OUT:-$REPO/target/bench-proxy}
-ENVOY=${MESHWARD_ENVOY:-$(ls "$REPO"/.venv/lib/python3.*/site-packages/envoy/_bin/envoy 2>/dev/null | head -1)}
+ENVOY=${MESHWARD_ENVOY:-$(ls "$REPO"/.venv/lib/python3.*/site-packages/envoy/_bin/envoy 2>/dev/null | head -1 || true)}
 READY_TIMEOUT=60
 
 log() { echo "proxy.sh: $*" >&2; }
@@ -85,39 +103,112 @@ sed -e 's#^\(\s*dir:\s*\).*#\1policies#' \
     deploy/local/mesh.yaml >"$TMP/mesh.yaml"
 "$MESHWARD" validate "$TMP/mesh.yaml" >&2 || die "the benchmark mesh config does not validate"
 
-STATE=$TMP/state
-log "starting meshward up (state dir $STATE)"
-"$MESHWARD" up --config "$TMP/mesh.yaml" --state-dir "$STATE" >"$TMP/up.out" 2>"$TMP/up.log" &
-MESH_PID=$!
-PIDS+=("$MESH_PID")
+TRACING=${TRACING:-}
+REPEAT=${REPEAT:-1}
+UP_FLAGS=()
+JAEGER_PID=
+if [ -n "$TRACING" ]; then
+    UP_FLAGS=(--no-ext-authz --no-rate-limit)
+    for mode in $TRACING; do
+        [ "$mode" = off ] || [[ "$mode" =~ ^[0-9]+([.][0-9]+)?$ ]] || die "TRACING: '$mode' is neither off nor a percentage"
+    done
+    if [[ " $TRACING " != *" off "* ]] || [ "$(wc -w <<<"$TRACING")" != "$(tr ' ' '\n' <<<"$TRACING" | sed '/^$/d' | sort -u | wc -l)" ]; then
+        die "TRACING must list off and distinct percentages, e.g. \"off 1 100\""
+    fi
+fi
 
-# Polls `cmd...` every 100 ms until it succeeds; dies after READY_TIMEOUT.
+# Polls `cmd...` every 100 ms until it succeeds; dies after READY_TIMEOUT
+# (or when a mesh exits).
+MESH_PIDS=()
 wait_until() {
-    local what=$1
+    local what=$1 pid
     shift
     local deadline=$((SECONDS + READY_TIMEOUT))
     until "$@" >/dev/null 2>&1; do
         [ $SECONDS -lt $deadline ] || die "timed out waiting for $what"
-        kill -0 "$MESH_PID" 2>/dev/null || die "meshward up exited; log: $(tail -20 "$TMP/up.log")"
+        for pid in "${MESH_PIDS[@]}"; do
+            kill -0 "$pid" 2>/dev/null || die "a meshward up exited; logs: $(tail -20 "$TMP"/up*.log)"
+        done
         sleep 0.1
     done
 }
 ok200() { [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$@")" = 200 ]; }
 
+# --- the collector (TRACING only) ------------------------------------------------
+if [[ "$TRACING" =~ [0-9] ]]; then
+    JAEGER=${MESHWARD_JAEGER:-$REPO/.tools/bin/jaeger}
+    [ -x "$JAEGER" ] || die "Jaeger not found ($JAEGER): run scripts/install-jaeger.sh or set MESHWARD_JAEGER"
+    read -r J_GRPC J_HTTP J_QHTTP J_QGRPC J_HEALTH < <(python3 -c '
+import socket
+ss = [socket.socket() for _ in range(5)]
+for s in ss: s.bind(("127.0.0.1", 0))
+print(*[s.getsockname()[1] for s in ss])')
+    MESHWARD_JAEGER_OTLP_GRPC=127.0.0.1:$J_GRPC MESHWARD_JAEGER_OTLP_HTTP=127.0.0.1:$J_HTTP \
+        MESHWARD_JAEGER_QUERY_HTTP=127.0.0.1:$J_QHTTP MESHWARD_JAEGER_QUERY_GRPC=127.0.0.1:$J_QGRPC \
+        MESHWARD_JAEGER_HEALTH=127.0.0.1:$J_HEALTH MESHWARD_JAEGER_LOG_LEVEL=warn \
+        "$JAEGER" --config "$REPO/tests/fixtures/jaeger/config.yaml" </dev/null >"$TMP/jaeger.log" 2>&1 &
+    JAEGER_PID=$!
+    PIDS+=("$JAEGER_PID")
+    deadline=$((SECONDS + READY_TIMEOUT))
+    until ok200 "http://127.0.0.1:$J_HEALTH/status"; do
+        kill -0 "$JAEGER_PID" 2>/dev/null || die "jaeger exited; log: $(tail -20 "$TMP/jaeger.log")"
+        [ $SECONDS -lt $deadline ] || die "timed out waiting for jaeger; log: $(tail -20 "$TMP/jaeger.log")"
+        sleep 0.1
+    done
+    log "jaeger ready: OTLP/gRPC 127.0.0.1:$J_GRPC, query http://127.0.0.1:$J_QHTTP"
+fi
+
+# Starts `meshward up` for tracing mode $1 (off, or a sampling percentage) in
+# state dir $TMP/state$2; its log is $TMP/up$2.log.
+start_mesh() {
+    local mode=$1 sfx=$2
+    local otel=(env -u OTEL_EXPORTER_OTLP_ENDPOINT -u OTEL_EXPORTER_OTLP_TRACES_ENDPOINT
+        -u OTEL_TRACES_SAMPLER -u OTEL_TRACES_SAMPLER_ARG -u OTEL_EXPORTER_OTLP_PROTOCOL
+        -u OTEL_EXPORTER_OTLP_TRACES_PROTOCOL)
+    if [ "$mode" != off ]; then
+        otel+=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$J_GRPC" OTEL_EXPORTER_OTLP_PROTOCOL=grpc
+            OTEL_TRACES_SAMPLER=parentbased_traceidratio
+            OTEL_TRACES_SAMPLER_ARG="$(python3 -c "print($mode / 100)")")
+    fi
+    log "starting meshward up, tracing $mode (state dir $TMP/state$sfx)"
+    "${otel[@]}" "$MESHWARD" up --config "$TMP/mesh.yaml" --state-dir "$TMP/state$sfx" ${UP_FLAGS[@]+"${UP_FLAGS[@]}"} \
+        >"$TMP/up$sfx.out" 2>"$TMP/up$sfx.log" &
+    MESH_PIDS+=("$!")
+    PIDS+=("$!")
+}
+# Target name of tracing mode $1.
+mode_target() { if [ "$1" = off ]; then echo meshward; else echo "meshward-t$1"; fi; }
+
+start_mesh off ""
+MESH_PID=${MESH_PIDS[0]}
+declare -A MESH_OUT MESH_ADMINS
+for mode in $TRACING; do
+    [ "$mode" = off ] || start_mesh "$mode" "-t$mode"
+done
+
+STATE=$TMP/state
 wait_until "up.json" test -s "$STATE/up.json"
 UP=$STATE/up.json
 TD=$(jq -r .trust_domain "$UP")
 BB_ID=$(jq -r '.agents[] | select(.name=="billing-bot") | .spiffe_id' "$UP")
-BB_OUT=$(jq -r '.agents[] | select(.name=="billing-bot") | .outbound' "$UP")
-BB_ADMIN=$(jq -r '.agents[] | select(.name=="billing-bot") | .admin' "$UP")
 HS_ID=$(jq -r '.services[] | select(.name=="hello-skill") | .spiffe_id' "$UP")
-HS_ADMIN=$(jq -r '.services[] | select(.name=="hello-skill") | .admin' "$UP")
 BACKEND=$(jq -r '.services[] | select(.name=="hello-skill") | .backend' "$UP")
 BB_SOCK=$(jq -r --arg id "$BB_ID" '.identity.sockets[$id]' "$UP")
 HS_SOCK=$(jq -r --arg id "$HS_ID" '.identity.sockets[$id]' "$UP")
-wait_until "billing-bot /ready" ok200 "http://$BB_ADMIN/ready"
-wait_until "hello-skill /ready" ok200 "http://$HS_ADMIN/ready"
-wait_until "a request through the mesh" ok200 "http://$BB_OUT/mcp://hello-skill/bench"
+for mode in ${TRACING:-off}; do
+    [ "$mode" = off ] && sfx= || sfx=-t$mode
+    up=$TMP/state$sfx/up.json
+    wait_until "up.json ($mode)" test -s "$up"
+    bb_out=$(jq -r '.agents[] | select(.name=="billing-bot") | .outbound' "$up")
+    bb_admin=$(jq -r '.agents[] | select(.name=="billing-bot") | .admin' "$up")
+    hs_admin=$(jq -r '.services[] | select(.name=="hello-skill") | .admin' "$up")
+    wait_until "billing-bot /ready ($mode)" ok200 "http://$bb_admin/ready"
+    wait_until "hello-skill /ready ($mode)" ok200 "http://$hs_admin/ready"
+    wait_until "a request through the mesh ($mode)" ok200 "http://$bb_out/mcp://hello-skill/bench"
+    MESH_OUT[$(mode_target "$mode")]=$bb_out
+    MESH_ADMINS[$mode]="$bb_admin $hs_admin"
+done
+BB_OUT=${MESH_OUT[meshward]}
 log "mesh ready: billing-bot outbound $BB_OUT, skill backend $BACKEND"
 
 # --- Envoy, the peer -------------------------------------------------------------
@@ -157,29 +248,43 @@ check_identity() {
     got=$(curl -s --max-time 5 "$2" | jq -r '.headers["x-agent-id"]')
     [ "$got" = "$BB_ID" ] || die "$1: the skill saw x-agent-id '$got', expected $BB_ID"
 }
-check_identity meshward "http://$BB_OUT/mcp://hello-skill/bench"
+for t in "${!MESH_OUT[@]}"; do check_identity "$t" "http://${MESH_OUT[$t]}/mcp://hello-skill/bench"; done
 [ -z "${ENVOY_OUT:-}" ] || check_identity envoy "http://$ENVOY_OUT/mcp://hello-skill/bench"
 
 url_for() {
     case $1 in
         direct) echo "http://$BACKEND/bench" ;;
-        meshward) echo "http://$BB_OUT/mcp://hello-skill/bench" ;;
+        meshward*) echo "http://${MESH_OUT[$1]}/mcp://hello-skill/bench" ;;
         envoy) echo "http://$ENVOY_OUT/mcp://hello-skill/bench" ;;
     esac
 }
 
 # CPU time (clock ticks) of the server-side processes: meshward up (both
 # dataplanes and the skill) and, when running, both Envoys.
-SERVER_PIDS=("${PIDS[@]}")
+# With TRACING: every mesh, not the collector (counted on its own).
+SERVER_PIDS=()
+for pid in "${PIDS[@]}"; do [ "$pid" = "$JAEGER_PID" ] || SERVER_PIDS+=("$pid"); done
 cpu_ticks() {
     local pid total=0
-    for pid in "${SERVER_PIDS[@]}"; do
+    for pid in "$@"; do
         total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
     done
     echo "$total"
 }
 HZ=$(getconf CLK_TCK)
 MAXCONC=$(tr ' ' '\n' <<<"$CONCURRENCY" | sort -n | tail -1)
+
+if [ -n "$TRACING" ]; then
+    expanded=
+    for target in $TARGETS; do
+        if [ "$target" = meshward ]; then
+            for mode in $TRACING; do expanded+=" $(mode_target "$mode")"; done
+        else
+            expanded+=" $target"
+        fi
+    done
+    TARGETS=${expanded# }
+fi
 
 # --- load ----------------------------------------------------------------------------
 mkdir -p "$OUT"
@@ -195,25 +300,50 @@ for proto in $PROTOS; do
         *) die "unknown protocol $proto" ;;
     esac
     for conc in $CONCURRENCY; do
-        for target in $TARGETS; do
+        for rep in $(seq "$REPEAT"); do
+        # Each repeat starts one target later, so that no target always
+        # runs right after the same other one.
+        read -r -a order <<<"$TARGETS"
+        shift_by=$(((rep - 1) % ${#order[@]}))
+        order=("${order[@]:shift_by}" "${order[@]:0:shift_by}")
+        for target in "${order[@]}"; do
             name=$target-$proto-c$conc
+            [ "$REPEAT" = 1 ] || name=$name-r$rep
             log "$name: $DURATION s"
-            before=$(cpu_ticks)
+            before=$(cpu_ticks "${SERVER_PIDS[@]}")
+            [ -z "$JAEGER_PID" ] || jbefore=$(cpu_ticks "$JAEGER_PID")
             # One request in flight per connection: `conc` connections.
             # shellcheck disable=SC2086
             h2load $flag -t 1 -c "$conc" -m 1 -D "$DURATION" --warm-up-time="$WARMUP" \
                 --log-file="$OUT/$name.log" "$(url_for "$target")" >"$OUT/$name.out" 2>&1 ||
                 die "h2load failed for $name: $(tail -5 "$OUT/$name.out")"
-            after=$(cpu_ticks)
+            after=$(cpu_ticks "${SERVER_PIDS[@]}")
+            [ -z "$JAEGER_PID" ] || export COLLECTOR_CPU_SECONDS=$(python3 -c "print(($(cpu_ticks "$JAEGER_PID") - $jbefore) / $HZ)")
             # Server CPU per request: ticks over warm-up + run, divided by the
             # requests of the run scaled to warm-up + run (same rate assumed).
             CPU_SECONDS=$(python3 -c "print(($after - $before) / $HZ)") \
-                SPAN=$((DURATION + WARMUP)) python3 benches/proxy/summarize.py case "$target" "$proto" "$conc" \
+                SPAN=$((DURATION + WARMUP)) REP=$rep python3 benches/proxy/summarize.py case "$target" "$proto" "$conc" \
                 "$OUT/$name.out" "$OUT/$name.log" >>"$CASES"
+        done
         done
     done
 done
 LOAD_AFTER=$(uptime)
+
+# Span counters of each tracing mode (the `meshward up` process has one
+# Prometheus recorder, served by every dataplane's admin /metrics; the
+# billing-bot one is kept, the skill's saved next to it for a cross-check).
+if [ -n "$TRACING" ]; then
+    mkdir -p "$OUT/trace-metrics"
+    for mode in $TRACING; do
+        read -r bb_admin hs_admin <<<"${MESH_ADMINS[$mode]}"
+        curl -s --max-time 5 "http://$bb_admin/metrics" >"$OUT/trace-metrics/$mode.metrics" || log "no /metrics for $mode"
+        curl -s --max-time 5 "http://$hs_admin/metrics" >"$OUT/trace-metrics/$mode.skill.metrics" || true
+    done
+    if [ -n "$JAEGER_PID" ]; then
+        curl -s --max-time 5 "http://127.0.0.1:$J_QHTTP/api/services" >"$OUT/trace-metrics/jaeger-services.json" || true
+    fi
+fi
 
 # Profile: an extra, unmeasured meshward h2c run at the highest concurrency
 # with perf attached (DWARF call graphs), so the measured cases stay clean.
@@ -259,7 +389,7 @@ fi
 
 # --- report ----------------------------------------------------------------------------
 {
-    echo "Run: \`DURATION=$DURATION WARMUP=$WARMUP CONCURRENCY=\"$CONCURRENCY\" ENVOY_CONCURRENCY=$ENVOY_CONCURRENCY bash benches/proxy.sh\`"
+    echo "Run: \`${TRACING:+TRACING=\"$TRACING\" REPEAT=$REPEAT TARGETS=\"$TARGETS_ARG\" PROTOS=\"$PROTOS\" }DURATION=$DURATION WARMUP=$WARMUP CONCURRENCY=\"$CONCURRENCY\" ENVOY_CONCURRENCY=$ENVOY_CONCURRENCY bash benches/proxy.sh\`"
     echo
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
     dirty=$(git status --porcelain -- . ':!benches' 2>/dev/null | awk '{print $2}' | tr '\n' ' ')
@@ -270,4 +400,14 @@ fi
     echo "- each case: h2load -t 1 -c <conc> -m 1, ${DURATION} s after ${WARMUP} s warm-up; mean from h2load, p50/p99 from its per-request log; server CPU = user+sys of \`meshward up\` (both dataplanes + the skill) and both Envoys, per request (the skill's own cost is in every row, see \`direct\`)"
     echo
     python3 benches/proxy/summarize.py report "$CASES"
+    if [ -n "$TRACING" ]; then
+        echo
+        echo "Tracing (TRACING=\"$TRACING\", REPEAT=$REPEAT): OTLP/gRPC to Jaeger $("$JAEGER" --version 2>/dev/null | grep -o 'v[0-9][0-9.]*' | head -1) on loopback; collector CPU = user+sys of that Jaeger per request (not in server CPU)."
+        echo
+        python3 benches/proxy/summarize.py tracing "$CASES" "$OUT/trace-metrics"
+        if [ -s "$OUT/trace-metrics/jaeger-services.json" ]; then
+            echo
+            echo "Services in Jaeger after the run: $(jq -r '.data | sort | join(", ")' "$OUT/trace-metrics/jaeger-services.json")"
+        fi
+    fi
 } | tee "$OUT/report.md"

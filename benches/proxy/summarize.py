@@ -8,6 +8,10 @@
       min/max/mean/sd only).
   summarize.py report <cases.jsonl>
       prints the markdown table and the ratios Meshward/Envoy, Meshward/direct.
+  summarize.py tracing <cases.jsonl> <metrics dir>
+      (TRACING runs) per case and tracing mode: medians over the repeats,
+      ratios against tracing off, and each mode's span counters from the
+      `<mode>.metrics` files (a dataplane's /metrics) in <metrics dir>.
 """
 
 import json
@@ -74,6 +78,13 @@ def case(target, proto, conc, out_path, log_path):
     if cpu and span and rps > 0:
         result["server_cpu_cores"] = float(cpu) / float(span)
         result["cpu_us_per_req"] = float(cpu) * 1e6 / (rps * float(span))
+    collector = os.environ.get("COLLECTOR_CPU_SECONDS")
+    if collector and span and rps > 0:
+        result["collector_cpu_us_per_req"] = float(collector) * 1e6 / (rps * float(span))
+    if span:
+        result["span_s"] = float(span)
+    if os.environ.get("REP"):
+        result["rep"] = int(os.environ["REP"])
     print(json.dumps(result))
 
 
@@ -113,11 +124,100 @@ def report(path):
         )
 
 
+def median(values):
+    v = sorted(x for x in values if x == x)
+    if not v:
+        return float("nan")
+    n = len(v)
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
+
+
+def span_counters(path):
+    """meshward_trace_spans_{exported,dropped}_total from a /metrics text."""
+    exported, dropped = 0.0, {}
+    if not os.path.exists(path):
+        return None
+    for line in open(path, encoding="utf-8"):
+        m = re.match(r"meshward_trace_spans_(exported|dropped)_total(\{[^}]*\})?\s+([0-9.e+]+)", line)
+        if not m:
+            continue
+        if m.group(1) == "exported":
+            exported += float(m.group(3))
+        else:
+            reason = re.search(r'reason="([^"]*)"', m.group(2) or "")
+            key = reason.group(1) if reason else "?"
+            dropped[key] = dropped.get(key, 0.0) + float(m.group(3))
+    return exported, dropped
+
+
+def mode_of(target):
+    return "off" if target == "meshward" else target[len("meshward-t"):] + "%"
+
+
+def tracing(path, metrics_dir):
+    rows = [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
+    rows = [r for r in rows if r["target"].startswith("meshward")]
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["proto"], r["concurrency"], r["target"]), []).append(r)
+    reps = max(len(g) for g in groups.values())
+    print(f"Medians over {reps} interleaved repeat(s); req/s range = min-max over the repeats.")
+    print()
+    print("| proto | conc | tracing | req/s | req/s range | p50 | p99 | server CPU / req | collector CPU / req | req/s vs off | p50 vs off | p99 vs off | CPU/req vs off |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    keys = sorted({(p, c) for p, c, _ in groups}, key=lambda k: (k[0] != "h1", k[1]))
+    targets = []
+    for r in rows:
+        if r["target"] not in targets:
+            targets.append(r["target"])
+    for proto, conc in keys:
+        med = {}
+        for t in targets:
+            g = groups.get((proto, conc, t))
+            if not g:
+                continue
+            med[t] = {f: median([x.get(f, float("nan")) for x in g])
+                      for f in ("rps", "p50_us", "p99_us", "cpu_us_per_req", "collector_cpu_us_per_req")}
+            med[t]["lo"] = min(x["rps"] for x in g)
+            med[t]["hi"] = max(x["rps"] for x in g)
+        off = med.get("meshward")
+        for t in targets:
+            if t not in med:
+                continue
+            m = med[t]
+
+            def ratio(f):
+                return f"{m[f] / off[f]:.2f}" if off and off.get(f) else "n/a"
+
+            coll = m["collector_cpu_us_per_req"]
+            print(
+                f"| {proto} | {conc} | {mode_of(t)} | {m['rps']:.0f} | {m['lo']:.0f}-{m['hi']:.0f} | "
+                f"{fmt_us(m['p50_us'])} | {fmt_us(m['p99_us'])} | {fmt_us(m['cpu_us_per_req'])} | "
+                f"{fmt_us(coll) if coll == coll else 'n/a'} | "
+                f"{ratio('rps')} | {ratio('p50_us')} | {ratio('p99_us')} | {ratio('cpu_us_per_req')} |"
+            )
+    print()
+    print("| tracing | requests (all cases and repeats, warm-up included at the measured rate) | spans exported | spans dropped | exported spans / request |")
+    print("|---|---:|---:|---:|---:|")
+    for t in targets:
+        mode = mode_of(t).rstrip("%")
+        c = span_counters(os.path.join(metrics_dir, f"{mode}.metrics"))
+        done = round(sum(r["rps"] * r.get("span_s", 0) or r["done"] for r in rows if r["target"] == t))
+        if c is None:
+            print(f"| {mode_of(t)} | {done} | n/a | n/a | n/a |")
+            continue
+        exported, dropped = c
+        d = ", ".join(f"{int(v)} {k}" for k, v in sorted(dropped.items())) or "0"
+        print(f"| {mode_of(t)} | {done} | {int(exported)} | {d} | {exported / done:.3f} |" if done else f"| {mode_of(t)} | 0 | {int(exported)} | {d} | n/a |")
+
+
 def main(argv):
     if len(argv) == 7 and argv[1] == "case":
         case(*argv[2:])
     elif len(argv) == 3 and argv[1] == "report":
         report(argv[2])
+    elif len(argv) == 4 and argv[1] == "tracing":
+        tracing(argv[2], argv[3])
     else:
         print(__doc__, file=sys.stderr)
         return 2
