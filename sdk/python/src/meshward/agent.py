@@ -1,0 +1,223 @@
+"""`Agent` and `AsyncAgent`: calls to mesh services through the local sidecar.
+
+The agent never holds a credential: its outbound sidecar proves who it is
+with its SVID, so a call is plain HTTP to the sidecar with the service named
+in the `/mcp://<service>/<path>` prefix. Both classes share everything but
+the I/O (`_Calls`), so the sync and async APIs cannot drift apart.
+"""
+
+import asyncio
+import time
+from typing import Any, Awaitable, Callable, Mapping, Optional, Union
+
+import httpx
+
+from ._target import Sidecar, Target, parse_target, resolve_sidecar
+from .errors import CallTimeout, RateLimited, SidecarError, refusal_from
+from .response import Response
+from .retry import RetryPolicy
+
+__version__ = "0.1.0"
+
+#: Default per-call timeout in seconds (connect, read, write and pool each).
+DEFAULT_TIMEOUT = 30.0
+
+
+class _Default:
+    """Marks "use the agent's default" where `None` means "no timeout"."""
+
+    def __repr__(self) -> str:
+        return "DEFAULT"
+
+
+DEFAULT: Any = _Default()
+
+TimeoutArg = Union[float, httpx.Timeout, None]
+
+
+class _Calls:
+    """What sync and async calls share: building requests, reading outcomes."""
+
+    def __init__(
+        self,
+        outbound: Optional[str],
+        timeout: TimeoutArg,
+        retries: Optional[RetryPolicy],
+        headers: Optional[Mapping[str, str]],
+    ) -> None:
+        self.sidecar: Sidecar = resolve_sidecar(outbound)
+        self.retries = retries
+        self._timeout = timeout
+        self._headers = {"user-agent": f"meshward-python/{__version__}"}
+        self._headers.update(headers or {})
+
+    def _client_args(self) -> "dict[str, Any]":
+        # trust_env=False: an HTTP(S)_PROXY meant for the internet must not
+        # capture calls to the loopback sidecar.
+        return {"timeout": self._timeout, "trust_env": False, "follow_redirects": False}
+
+    def _build(
+        self,
+        client: Union[httpx.Client, httpx.AsyncClient],
+        url: str,
+        method: Optional[str],
+        json: Any,
+        content: Optional[Union[str, bytes]],
+        params: Any,
+        headers: Optional[Mapping[str, str]],
+        timeout: Any,
+    ) -> "tuple[Target, httpx.Request]":
+        target = parse_target(url)
+        if json is not None and content is not None:
+            raise ValueError("pass json= or content=, not both")
+        if method is None:
+            method = "GET" if json is None and content is None else "POST"
+        merged = dict(self._headers)
+        merged.update(headers or {})
+        request = client.build_request(
+            method.upper(),
+            httpx.URL(self.sidecar.base_url + target.sidecar_path),
+            json=json,
+            content=content,
+            params=params,
+            headers=merged,
+            timeout=self._timeout if timeout is DEFAULT else timeout,
+        )
+        return target, request
+
+    def _outcome(self, http: httpx.Response, target: Target, attempt: int) -> Union[Response, float]:
+        """The response, or how long to wait before the next attempt; raises refusals."""
+        response = Response(http, target.service)
+        refusal = refusal_from(response)
+        if refusal is None:
+            return response
+        if isinstance(refusal, RateLimited) and self.retries is not None:
+            wait = self.retries.delay(attempt, refusal.retry_after)
+            if wait is not None:
+                return wait
+        raise refusal
+
+    def _transport_error(self, e: httpx.TransportError) -> SidecarError:
+        where = self.sidecar.base_url
+        return CallTimeout(where, e) if isinstance(e, httpx.TimeoutException) else SidecarError(where, e)
+
+
+class Agent(_Calls):
+    """Calls mesh services through the agent's outbound sidecar.
+
+    >>> agent = Agent()  # MESHWARD_OUTBOUND, else 127.0.0.1:15001
+    >>> agent.call("mcp://sentiment-analysis/analyze", json={"text": "great"}).json()
+
+    `call` returns the service's `Response` whatever its status, and raises a
+    `MeshRefusal` subclass when the mesh refused. Use as a context manager,
+    or `close()`, to release connections.
+    """
+
+    def __init__(
+        self,
+        outbound: Optional[str] = None,
+        *,
+        timeout: TimeoutArg = DEFAULT_TIMEOUT,
+        retries: Optional[RetryPolicy] = None,
+        headers: Optional[Mapping[str, str]] = None,
+        transport: Optional[httpx.BaseTransport] = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        super().__init__(outbound, timeout, retries, headers)
+        self._sleep = sleep
+        self._client = httpx.Client(transport=transport, **self._client_args())
+
+    def call(
+        self,
+        url: str,
+        *,
+        method: Optional[str] = None,
+        json: Any = None,
+        content: Optional[Union[str, bytes]] = None,
+        params: Any = None,
+        headers: Optional[Mapping[str, str]] = None,
+        timeout: Any = DEFAULT,
+    ) -> Response:
+        """Calls `mcp://<service>/<path>`.
+
+        `method` defaults to POST when a body (`json` or `content`) is
+        given, else GET. `timeout` overrides the agent's for this call
+        (`None`: no timeout).
+        """
+        attempt = 0
+        while True:
+            attempt += 1
+            target, request = self._build(
+                self._client, url, method, json, content, params, headers, timeout
+            )
+            try:
+                http = self._client.send(request)
+            except httpx.TransportError as e:
+                raise self._transport_error(e) from e
+            outcome = self._outcome(http, target, attempt)
+            if isinstance(outcome, Response):
+                return outcome
+            self._sleep(outcome)
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> "Agent":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncAgent(_Calls):
+    """`Agent` for asyncio: the same arguments, `await agent.call(...)`."""
+
+    def __init__(
+        self,
+        outbound: Optional[str] = None,
+        *,
+        timeout: TimeoutArg = DEFAULT_TIMEOUT,
+        retries: Optional[RetryPolicy] = None,
+        headers: Optional[Mapping[str, str]] = None,
+        transport: Optional[httpx.AsyncBaseTransport] = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        super().__init__(outbound, timeout, retries, headers)
+        self._sleep = sleep
+        self._client = httpx.AsyncClient(transport=transport, **self._client_args())
+
+    async def call(
+        self,
+        url: str,
+        *,
+        method: Optional[str] = None,
+        json: Any = None,
+        content: Optional[Union[str, bytes]] = None,
+        params: Any = None,
+        headers: Optional[Mapping[str, str]] = None,
+        timeout: Any = DEFAULT,
+    ) -> Response:
+        """See `Agent.call`."""
+        attempt = 0
+        while True:
+            attempt += 1
+            target, request = self._build(
+                self._client, url, method, json, content, params, headers, timeout
+            )
+            try:
+                http = await self._client.send(request)
+            except httpx.TransportError as e:
+                raise self._transport_error(e) from e
+            outcome = self._outcome(http, target, attempt)
+            if isinstance(outcome, Response):
+                return outcome
+            await self._sleep(outcome)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def __aenter__(self) -> "AsyncAgent":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
