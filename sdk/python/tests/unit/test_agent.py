@@ -184,11 +184,33 @@ def test_timeout_is_a_call_timeout_and_per_call_timeout_is_passed():
 
 
 def test_environment_proxy_is_ignored(monkeypatch):
-    # With trust_env, httpx would mount a proxy transport for http:// ahead
-    # of ours and the call would never reach the (mock) sidecar.
-    monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
-    monkeypatch.setenv("ALL_PROXY", "http://proxy.invalid:3128")
-    rec = Recorder(httpx.Response(200))
-    with agent_for(rec) as agent:
-        agent.call("mcp://s/x")
-    assert len(rec.requests) == 1
+    """HTTP_PROXY meant for the internet must not capture sidecar calls: a
+    real loopback server stands in for the sidecar, the proxy is a dead port."""
+    import http.server
+    import threading
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("content-length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    dead = http.server.HTTPServer(("127.0.0.1", 0), Handler)  # bound, never served
+    proxy = f"http://127.0.0.1:{dead.server_address[1]}"
+    for var in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.setenv(var, proxy)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    try:
+        with Agent(f"127.0.0.1:{server.server_address[1]}", timeout=2) as agent:
+            assert agent.call("mcp://s/x").text == "ok"
+    finally:
+        server.shutdown()
+        server.server_close()
+        dead.server_close()
