@@ -14,7 +14,7 @@ as a normal response; `Response.raise_for_status()` turns it into
 """
 
 import json
-from typing import TYPE_CHECKING, Dict, Optional, Tuple, Type
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple, Type
 
 if TYPE_CHECKING:  # pragma: no cover
     from .response import Response
@@ -184,7 +184,7 @@ def parse_retry_after(value: Optional[str]) -> Optional[float]:
     return seconds
 
 
-def _json_object(content: bytes) -> Optional[dict]:
+def _json_object(content: bytes) -> Optional[Dict[str, Any]]:
     try:
         value = json.loads(content)
     except (ValueError, UnicodeDecodeError):

@@ -43,7 +43,8 @@ class Response:
     @property
     def request_id(self) -> Optional[str]:
         """The mesh's `x-request-id` for this call."""
-        return self.http.headers.get(REQUEST_ID_HEADER)
+        value: Optional[str] = self.http.headers.get(REQUEST_ID_HEADER)
+        return value
 
     @property
     def ok(self) -> bool:
