@@ -71,3 +71,7 @@ export MESHWARD_REQUIRE_SPIRE=1
 step "cargo test (unit, integration, interop)"
 export MESHWARD_OPA="$TOOLS/bin/opa"
 cargo test --workspace --locked -- --test-threads=2
+
+step "Python SDK (sdk/python): unit tests, then integration tests against meshward up"
+cargo build --locked --bin meshward
+MESHWARD_BIN="$ROOT/target/debug/meshward" bash scripts/test-sdk.sh
