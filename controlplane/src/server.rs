@@ -104,7 +104,9 @@ pub struct ControlPlane {
     xds: XdsServer,
     watcher: JoinHandle<()>,
     serving: watch::Sender<bool>,
-    server: Option<(CancellationToken, JoinHandle<()>)>,
+    /// The running xDS server: its stop token, its task, and the task that
+    /// owns the listening socket.
+    server: Option<(CancellationToken, JoinHandle<()>, JoinHandle<()>)>,
     svid_metrics: JoinHandle<()>,
 }
 
@@ -145,7 +147,7 @@ impl ControlPlane {
 
     fn serve(&mut self, listener: TcpListener) -> Result<(), ControlPlaneError> {
         let tls = meshward_spire::tls::server_config(&self.identity, &[b"h2"])?;
-        let incoming = meshward_spire::grpc::incoming(listener, tls);
+        let (incoming, accept) = meshward_spire::grpc::incoming_with_accept_task(listener, tls);
         let stop = CancellationToken::new();
         // The token also ends open ADS streams: stopping the listener alone
         // would leave connected dataplanes receiving pushes.
@@ -160,7 +162,7 @@ impl ControlPlane {
                 tracing::error!("xDS server stopped: {e}");
             }
         });
-        self.server = Some((stop, task));
+        self.server = Some((stop, task, accept));
         self.serving.send_replace(true);
         Ok(())
     }
@@ -201,7 +203,7 @@ impl ControlPlane {
     /// shutdown, and the process, forever. After the grace the server is
     /// dropped.
     pub async fn stop_xds(&mut self) {
-        if let Some((stop, mut task)) = self.server.take() {
+        if let Some((stop, mut task, mut accept)) = self.server.take() {
             stop.cancel();
             if tokio::time::timeout(SHUTDOWN_GRACE, &mut task)
                 .await
@@ -212,6 +214,15 @@ impl ControlPlane {
                 );
                 task.abort();
                 let _ = task.await;
+            }
+            // The listening socket closes when the accept task has seen the
+            // server go; a restart binds the same address, so wait for it.
+            if tokio::time::timeout(SHUTDOWN_GRACE, &mut accept)
+                .await
+                .is_err()
+            {
+                accept.abort();
+                let _ = accept.await;
             }
         }
         self.serving.send_replace(false);

@@ -166,9 +166,23 @@ pub fn incoming(
     listener: TcpListener,
     config: Arc<ServerConfig>,
 ) -> impl Stream<Item = Result<TlsStream, io::Error>> + Send + 'static {
+    incoming_with_accept_task(listener, config).0
+}
+
+/// [`incoming`], plus the task that owns the listener. It ends, closing the
+/// listening socket, soon after the stream is dropped; a server that must
+/// bind the same address again (a control plane's xDS restart) awaits it
+/// first, or the new bind can race the old socket's close.
+pub fn incoming_with_accept_task(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+) -> (
+    impl Stream<Item = Result<TlsStream, io::Error>> + Send + 'static,
+    tokio::task::JoinHandle<()>,
+) {
     let (tx, rx) = mpsc::channel::<TlsStream>(ACCEPT_BACKLOG);
     let acceptor = TlsAcceptor::from(config);
-    tokio::spawn(async move {
+    let accept = tokio::spawn(async move {
         loop {
             let accepted = tokio::select! {
                 () = tx.closed() => break,
@@ -199,10 +213,11 @@ pub fn incoming(
             });
         }
     });
-    futures::stream::unfold(rx, |mut rx| async move {
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
         let stream = rx.recv().await?;
         Some((Ok(stream), rx))
-    })
+    });
+    (stream, accept)
 }
 
 /// Dials `addr` (`host:port`) over TCP, runs the client side of an mTLS
