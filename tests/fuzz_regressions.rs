@@ -238,6 +238,7 @@ fn cluster() -> Cluster {
             path_parameters: mw::PathAction::Reject as i32,
         }),
         forward_client_cert: mw::ForwardClientCert::SanitizeSet as i32,
+        mcp: None,
     };
     Cluster {
         name: "hello-skill".into(),

@@ -4,7 +4,8 @@
 #   data.meshward.authz.decision (opa-envoy-plugin's object form plus
 #   "reason"); data.meshward.authz.allow is the same answer as a bool.
 #
-#   Layers, as in a layered OPA setup: global, teams, agent_types, agents.
+#   Layers, as in a layered OPA setup: global, teams, agent_types, agents,
+#   and mcp for the JSON-RPC messages of `protocol: mcp` services.
 #   Any deny from any layer wins; otherwise at least one layer must grant.
 #   The same policy runs on the caller's sidecar (outbound), the service's
 #   sidecar (inbound) and behind Envoy's ext_authz: only
@@ -19,7 +20,10 @@ package meshward.authz
 # environment), then explicit prohibitions from the most specific layer to
 # the least, then missing permissions.
 denials := array.concat(
-	array.concat(sort(data.meshward.global.precondition_deny), sort(data.meshward.agents.deny)),
+	array.concat(
+		array.concat(sort(data.meshward.global.precondition_deny), sort(data.meshward.agents.deny)),
+		sort(data.meshward.mcp.deny),
+	),
 	array.concat(
 		array.concat(sort(data.meshward.teams.deny), sort(data.meshward.agent_types.deny)),
 		sort(data.meshward.global.permission_deny),

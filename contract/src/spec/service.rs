@@ -12,7 +12,7 @@ use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
 use prost::Message;
 
 use super::encoding::{string_map, with_sorted_string_map};
-use super::{BreakerSettings, ForwardClientCert, PathRules, RateLimitSettings};
+use super::{BreakerSettings, ForwardClientCert, McpSettings, PathRules, RateLimitSettings};
 use crate::pb::v1 as pb;
 use crate::{rules, type_url};
 
@@ -35,6 +35,9 @@ pub struct Service {
     /// What the inbound dataplane tells the service in
     /// `x-forwarded-client-cert`.
     pub forward_client_cert: ForwardClientCert,
+    /// `protocol: mcp`: how its MCP endpoint is inspected; `None` for
+    /// plain HTTP/gRPC services.
+    pub mcp: Option<McpSettings>,
 }
 
 impl Service {
@@ -47,6 +50,7 @@ impl Service {
             per_caller_limits: Some((&self.per_caller_limits).into()),
             paths: Some(self.paths.into()),
             forward_client_cert: self.forward_client_cert.to_wire(),
+            mcp: self.mcp.as_ref().map(McpSettings::to_wire),
         };
         // ServiceMetadata.metadata is field 2.
         let value = with_sorted_string_map(message.encode_to_vec(), 2, &self.metadata);
@@ -120,6 +124,12 @@ impl Service {
             paths: PathRules::try_from(meta.paths.as_ref()).map_err(|e| format!("metadata {e}"))?,
             forward_client_cert: ForwardClientCert::from_wire(meta.forward_client_cert)
                 .map_err(|e| format!("metadata {e}"))?,
+            mcp: meta
+                .mcp
+                .as_ref()
+                .map(McpSettings::from_wire)
+                .transpose()
+                .map_err(|e| format!("metadata {e}"))?,
         })
     }
 }
@@ -147,6 +157,7 @@ mod tests {
                 path_parameters: PathAction::Reject,
             },
             forward_client_cert: ForwardClientCert::SanitizeSet,
+            mcp: Some(McpSettings::default()),
         }
     }
 

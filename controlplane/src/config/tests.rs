@@ -889,3 +889,84 @@ fn tracing_in_the_mesh_file_is_read_and_checked() {
         "unknown key",
     );
 }
+
+#[test]
+fn mcp_services_load_with_their_settings() {
+    let mesh = MESH.to_string()
+        + "    protocol: mcp
+    mcp:
+      path: /v1/mcp
+      max_message_bytes: 4096
+      filter_tools_list: true
+      tool_limits:
+        refund_invoice: { requests_per_second: 1, burst: 2 }
+";
+    let (_dir, path) = mesh_dir("mcp", &mesh);
+    let mesh = load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let mcp = mesh.services["world"].spec.mcp.clone().expect("mcp settings");
+    assert_eq!(mcp.path, "/v1/mcp");
+    assert_eq!(mcp.max_message_bytes, 4096);
+    assert!(mcp.filter_tools_list);
+    assert_eq!(mcp.tool_limits["refund_invoice"].burst, 2);
+    assert_eq!(mesh.services["hello"].spec.mcp, None);
+
+    let bare = MESH.to_string() + "    protocol: mcp\n";
+    let (_dir, path) = mesh_dir("mcp-bare", &bare);
+    let mesh = load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        mesh.services["world"].spec.mcp,
+        Some(meshward_contract::spec::McpSettings::default())
+    );
+}
+
+#[test]
+fn mcp_settings_out_of_range_name_field_and_line() {
+    let mesh = MESH.to_string()
+        + "    protocol: grpc
+    mcp:
+      path: /mcp/../admin
+      max_message_bytes: 4194304
+      tool_limits:
+        \"bad name\": { requests_per_second: 1, burst: 1 }
+        slow: { requests_per_second: 1, burst: 1, max_concurrent: 2 }
+";
+    let (_, errors, _dir) = errors_of(&mesh);
+    assert_error(
+        &errors,
+        "services[1].protocol",
+        line_of(&mesh, "protocol: grpc"),
+        "must be one of http, mcp",
+    );
+    assert_error(
+        &errors,
+        "services[1].mcp",
+        line_of(&mesh, "    mcp:"),
+        "needs `protocol: mcp`",
+    );
+    let mesh = mesh.replace("protocol: grpc", "protocol: mcp");
+    let (_, errors, _dir) = errors_of(&mesh);
+    assert_error(
+        &errors,
+        "services[1].mcp.path",
+        line_of(&mesh, "path: /mcp/../admin"),
+        "canonical",
+    );
+    assert_error(
+        &errors,
+        "services[1].mcp.max_message_bytes",
+        line_of(&mesh, "max_message_bytes: 4194304"),
+        "outside 1024..=1048576",
+    );
+    assert_error(
+        &errors,
+        "services[1].mcp.tool_limits.bad name",
+        line_of(&mesh, "\"bad name\""),
+        "must be 1..=128",
+    );
+    assert_error(
+        &errors,
+        "services[1].mcp.tool_limits.slow.max_concurrent",
+        line_of(&mesh, "slow:"),
+        "not supported per tool",
+    );
+}

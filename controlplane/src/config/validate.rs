@@ -34,6 +34,7 @@ use super::model::{
 };
 use super::yaml::{Entry, Node, Value};
 use meshward_contract::rules;
+use meshward_contract::spec::{McpSettings, mcp};
 
 /// What the mesh file says, decoded; `errors` is empty if it is all valid.
 #[derive(Debug, Default)]
@@ -82,6 +83,15 @@ const SERVICE_KEYS: &[&str] = &[
     "per_caller_limits",
     "paths",
     "forward_client_cert",
+    "protocol",
+    "mcp",
+];
+const PROTOCOLS: &[&str] = &["http", "mcp"];
+const MCP_KEYS: &[&str] = &[
+    "path",
+    "max_message_bytes",
+    "filter_tools_list",
+    "tool_limits",
 ];
 const LIMIT_KEYS: &[&str] = &[
     "requests_per_second",
@@ -206,6 +216,7 @@ pub fn check(file: &Path, root: &Node) -> Draft {
                 )
             })
             .unwrap_or_default();
+        let mcp = c.protocol(&fields, &field);
         draft.services.push(Service {
             spec: meshward_contract::spec::Service {
                 name,
@@ -215,6 +226,7 @@ pub fn check(file: &Path, root: &Node) -> Draft {
                 per_caller_limits,
                 paths,
                 forward_client_cert,
+                mcp,
             },
             endpoints,
             backend,
@@ -702,6 +714,95 @@ impl Checker<'_> {
             );
         }
         value
+    }
+
+    /// `protocol` (`http`, the default, or `mcp`) and the `mcp` block,
+    /// which only an MCP service may have.
+    fn protocol(&mut self, fields: &Fields<'_>, field: &str) -> Option<McpSettings> {
+        let protocol_field = join(field, "protocol");
+        let is_mcp = match fields.get("protocol") {
+            None => false,
+            Some(n) => self
+                .choice(n, &protocol_field, PROTOCOLS, |p| {
+                    PROTOCOLS.contains(&p).then_some(p == "mcp")
+                })
+                .unwrap_or(false),
+        };
+        let block = fields.get("mcp");
+        if !is_mcp {
+            if let Some(n) = block {
+                self.error(n.line, &join(field, "mcp"), "needs `protocol: mcp`");
+            }
+            return None;
+        }
+        let mut settings = McpSettings::default();
+        let field = join(field, "mcp");
+        let Some(m) = block.and_then(|n| self.mapping(n, &field, MCP_KEYS)) else {
+            return Some(settings);
+        };
+        if let Some(n) = m.get("path") {
+            let f = join(&field, "path");
+            if let Some(p) = self.string(n, &f)
+                && self.rule(n.line, &f, mcp::check_path(&p))
+            {
+                settings.path = p;
+            }
+        }
+        if let Some(n) = m.get("max_message_bytes") {
+            let f = join(&field, "max_message_bytes");
+            if let Some(v) = self.uint(n, &f)
+                && self.rule(n.line, &f, mcp::check_max_message_bytes(v))
+            {
+                settings.max_message_bytes = v;
+            }
+        }
+        if let Some(n) = m.get("filter_tools_list") {
+            let f = join(&field, "filter_tools_list");
+            settings.filter_tools_list = self.boolean(n, &f).unwrap_or_default();
+        }
+        if let Some(n) = m.get("tool_limits") {
+            let f = join(&field, "tool_limits");
+            let Value::Map(entries) = &n.value else {
+                self.error(
+                    n.line,
+                    &f,
+                    format!(
+                        "must be a mapping of tool name to limits, found {}",
+                        n.kind()
+                    ),
+                );
+                return Some(settings);
+            };
+            for entry in entries {
+                let tf = join(&f, &entry.key);
+                if !self.rule(entry.key_line, &tf, mcp::check_tool_name(&entry.key)) {
+                    continue;
+                }
+                let limit = self.limits(Some(&entry.value), &tf);
+                if limit.max_concurrent != 0 {
+                    self.error(
+                        entry.value.line,
+                        &join(&tf, "max_concurrent"),
+                        "is not supported per tool (a tool limit is a rate)",
+                    );
+                } else if limit.per_destination {
+                    self.error(
+                        entry.value.line,
+                        &join(&tf, "per_destination"),
+                        "does not apply: tool limits are per service",
+                    );
+                } else if !limit.rate_limited() {
+                    self.error(
+                        entry.value.line,
+                        &join(&tf, "requests_per_second"),
+                        "must be > 0 for a tool limit",
+                    );
+                } else {
+                    settings.tool_limits.insert(entry.key.clone(), limit);
+                }
+            }
+        }
+        Some(settings)
     }
 
     fn paths(&mut self, node: Option<&Node>, field: &str) -> PathRules {

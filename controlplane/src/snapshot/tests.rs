@@ -37,6 +37,7 @@ pub(crate) fn mesh() -> Mesh {
             per_caller_limits: RateLimitSettings::default(),
             paths: Default::default(),
             forward_client_cert: Default::default(),
+            mcp: None,
         },
         endpoints: vec![format!("127.0.0.1:{port}")],
         backend: None,
