@@ -54,6 +54,22 @@ pub fn authorize(
     limiter: &RateLimiter,
     audit: Option<&mut Audit<'_>>,
 ) -> Result<Decision, Refusal> {
+    judge(
+        identity,
+        Some(upstream),
+        view.checkpoint,
+        &input(identity, upstream, view)?,
+        limiter,
+        audit,
+    )
+}
+
+/// The input document for `view`, as the policy will see it.
+pub fn input(
+    identity: &Identity,
+    upstream: &Upstream,
+    view: &RequestView<'_>,
+) -> Result<serde_json::Value, Refusal> {
     let service = &upstream.service;
     let facts = RequestFacts {
         checkpoint: view.checkpoint,
@@ -82,14 +98,7 @@ pub fn authorize(
             metadata: &service.metadata,
         }),
     };
-    judge(
-        identity,
-        Some(upstream),
-        view.checkpoint,
-        &build_input(&facts).map_err(BadRequest::Input)?,
-        limiter,
-        audit,
-    )
+    Ok(build_input(&facts).map_err(BadRequest::Input)?)
 }
 
 /// Where a decision is reported when the request is observed: the decision

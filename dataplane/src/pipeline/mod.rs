@@ -5,7 +5,10 @@
 //! 2. [`target::route`]: which service (`/mcp://<service>` or `Host`).
 //! 3. [`target::canonicalize`]: the one path policy and service both see.
 //! 4. [`headers`]: hygiene, so the policy judges what the service receives.
-//! 5. [`authorize`]: the Rego decision (a denial still costs a token).
+//! 4b. [`inspect`]: an MCP endpoint's JSON-RPC messages, parsed strictly
+//!    (`protocol: mcp` services only).
+//! 5. [`authorize`]: the Rego decision (a denial still costs a token); one
+//!    per MCP message.
 //! 6. [`admit`]: the caller's rate limit and breaker.
 //! 7. [`forward`]: to the next hop, settling the breaker by the answer.
 //!
@@ -19,8 +22,10 @@ pub mod authorize;
 pub mod forward;
 pub mod headers;
 pub mod identify;
+pub mod inspect;
 pub mod refusal;
 pub mod target;
+pub mod tools_list;
 #[cfg(test)]
 pub(crate) mod test_support;
 
@@ -267,7 +272,19 @@ async fn stages(
         // The next hop's span is this one's child.
         r.span.inject(&mut parts.headers);
     }
-    let (body, buffered) = maybe_buffer(&parts.headers, body, grpc).await?;
+    let mcp_endpoint = inspect::endpoint(&upstream, &path_and_query);
+    let (body, buffered, messages) = match mcp_endpoint {
+        Some(settings) => {
+            let (bytes, messages) =
+                inspect::read(settings, &parts.method, &parts.headers, body).await?;
+            let buffered = messages.is_some().then(|| bytes.clone());
+            (full(bytes), buffered, messages)
+        }
+        None => {
+            let (body, buffered) = maybe_buffer(&parts.headers, body, grpc).await?;
+            (body, buffered, None)
+        }
+    };
     let host = parts
         .headers
         .get(header::HOST)
@@ -292,22 +309,43 @@ async fn stages(
         remote: arrival.remote_addr,
         local: arrival.local_addr,
     };
-    let decision = match record.as_deref_mut() {
-        None => authorize::authorize(&identity, &upstream, &view, &shared.limiter, None),
-        Some(r) => {
-            let mut audit = Audit::new(shared.observe.decision_log.as_ref(), arrival.remote_addr);
-            let decided = authorize::authorize(
+    let mut audit = record
+        .as_deref()
+        .map(|_| Audit::new(shared.observe.decision_log.as_ref(), arrival.remote_addr));
+    let mut tools_filter = None;
+    let decided = match &messages {
+        None => authorize::authorize(&identity, &upstream, &view, &shared.limiter, audit.as_mut())
+            .map(|d| vec![d]),
+        Some(body) => authorize::input(&identity, &upstream, &view).and_then(|base| {
+            let decided = inspect::judge_messages(
                 &identity,
                 &upstream,
-                &view,
+                view.checkpoint,
+                &base,
+                body,
                 &shared.limiter,
-                Some(&mut audit),
+                audit.as_mut(),
+                request_id,
             );
-            r.decision = audit.verdict;
+            if let (Ok(_), Some(list)) = (&decided, inspect::tools_list_request(body))
+                && mcp_endpoint.is_some_and(|s| s.filter_tools_list)
+                && let Some(id) = list.id()
+            {
+                tools_filter = Some(tools_list::ToolsFilter {
+                    policy: identity.state.policy.clone(),
+                    base,
+                    id: id.clone(),
+                });
+            }
             decided
-        }
-    }?;
-    authorize::apply(&decision, &mut parts.headers);
+        }),
+    };
+    if let (Some(r), Some(audit)) = (record.as_deref_mut(), audit) {
+        r.decision = audit.verdict;
+    }
+    for decision in &decided? {
+        authorize::apply(decision, &mut parts.headers);
+    }
 
     let admitted = admit::admit(
         &shared.limiter,
@@ -315,7 +353,12 @@ async fn stages(
         direction.into(),
         &identity,
         &upstream,
-    )?;
+    )
+    .map_err(|refusal| match &messages {
+        // An MCP client is answered the JSON-RPC way, whatever refused.
+        Some(body) => inspect::answer(body, None, refusal, request_id),
+        None => refusal,
+    })?;
     let body = match record.as_deref() {
         None => body,
         Some(r) => count_bytes(body, r.bytes_received.clone()),
@@ -331,7 +374,10 @@ async fn stages(
     if let Some(r) = record {
         r.upstream = Some(sent.elapsed());
     }
-    response
+    match tools_filter {
+        Some(filter) => Ok(filter.apply(response?).await),
+        None => response,
+    }
 }
 
 /// Counts the request body's bytes as they stream to the next hop.

@@ -46,6 +46,14 @@ pub enum Refusal {
     NotReady(#[from] NotReady),
     #[error("bad request: {0}")]
     BadRequest(#[from] BadRequest),
+    /// A refusal of MCP messages, answered the JSON-RPC way: HTTP 200 with
+    /// `answer` (an error per request, same `id`), so MCP clients raise it.
+    /// Kind, gRPC status and headers are the inner refusal's.
+    #[error("{refusal}")]
+    JsonRpc {
+        refusal: Box<Refusal>,
+        answer: String,
+    },
 }
 
 /// A denial by policy, with what the policy chose to answer.
@@ -103,6 +111,10 @@ pub enum BadRequest {
     /// would (a query or body it cannot parse).
     #[error("{0}")]
     Input(#[from] crate::policy::InputError),
+    /// An MCP endpoint's body the mesh cannot parse strictly and completely
+    /// (answered with the JSON-RPC error body, `id` null).
+    #[error("MCP message: {0}")]
+    Mcp(crate::mcp::McpError),
 }
 
 /// Why a request could not be delivered.
@@ -140,6 +152,7 @@ impl Refusal {
             Refusal::Unavailable { .. } => "unavailable",
             Refusal::NotReady(_) => "not_ready",
             Refusal::BadRequest(_) => "bad_request",
+            Refusal::JsonRpc { refusal, .. } => refusal.kind(),
         }
     }
 
@@ -156,6 +169,7 @@ impl Refusal {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Refusal::JsonRpc { .. } => StatusCode::OK,
         }
     }
 
@@ -168,6 +182,7 @@ impl Refusal {
                 grpc_code::UNAVAILABLE
             }
             Refusal::BadRequest(_) => grpc_code::INVALID_ARGUMENT,
+            Refusal::JsonRpc { refusal, .. } => refusal.grpc_status(),
         }
     }
 
@@ -178,6 +193,7 @@ impl Refusal {
                 _ => Duration::from_secs(1),
             }),
             Refusal::CircuitOpen(open) => Some(open.retry_after),
+            Refusal::JsonRpc { refusal, .. } => refusal.retry_after(),
             _ => None,
         }
     }
@@ -195,9 +211,13 @@ impl Refusal {
             let secs = retry.as_secs() + u64::from(retry.subsec_nanos() > 0);
             headers.push((header::RETRY_AFTER.to_string(), secs.max(1).to_string()));
         }
+        let inner = match self {
+            Refusal::JsonRpc { refusal, .. } => refusal,
+            other => other,
+        };
         if let Refusal::Forbidden(Denial {
             headers: policy, ..
-        }) = self
+        }) = inner
         {
             headers.extend(policy.iter().cloned());
         }
@@ -207,6 +227,8 @@ impl Refusal {
             Refusal::Forbidden(Denial {
                 body: Some(body), ..
             }) => body.clone(),
+            Refusal::JsonRpc { answer, .. } => answer.clone(),
+            Refusal::BadRequest(BadRequest::Mcp(e)) => e.to_response(),
             _ => serde_json::json!({
                 "error": self.kind(),
                 "reason": self.to_string(),

@@ -26,6 +26,7 @@ from .errors import (
     UnknownService,
     UpstreamError,
 )
+from .mcp_client import mcp_refusal, mcp_url
 from .response import Response
 from .retry import RetryPolicy
 
@@ -51,5 +52,7 @@ __all__ = [
     "UnknownService",
     "UpstreamError",
     "__version__",
+    "mcp_refusal",
+    "mcp_url",
     "parse_target",
 ]

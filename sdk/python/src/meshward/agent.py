@@ -8,7 +8,7 @@ the I/O (`_Calls`), so the sync and async APIs cannot drift apart.
 
 import asyncio
 import time
-from typing import Any, Awaitable, Callable, Mapping, Optional, Union
+from typing import Any, AsyncContextManager, Awaitable, Callable, Mapping, Optional, Union
 
 import httpx
 
@@ -212,6 +212,23 @@ class AsyncAgent(_Calls):
             if isinstance(outcome, Response):
                 return outcome
             await self._sleep(outcome)
+
+    def mcp_session(
+        self, service: str, path: str = "/mcp", *, headers: Optional[Mapping[str, str]] = None
+    ) -> "AsyncContextManager[Any]":
+        """An initialized MCP `ClientSession` with `service`'s MCP endpoint
+        (`path`) through the sidecar, on the official MCP SDK (the `mcp`
+        extra). Refused requests raise `mcp.shared.exceptions.MCPError`;
+        `meshward.mcp_refusal(e)` gives the mesh's refusal, if it was one.
+
+        >>> async with agent.mcp_session("customer-lookup") as mcp:
+        ...     await mcp.call_tool("get_customer", {"id": "c-1001"})
+        """
+        from .mcp_client import mcp_url, open_session
+
+        merged = dict(self._headers)
+        merged.update(headers or {})
+        return open_session(mcp_url(self.sidecar.base_url, service, path), headers=merged)
 
     async def aclose(self) -> None:
         await self._client.aclose()

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Dict, Iterator
 
@@ -35,17 +36,6 @@ def _binary() -> Path:
             pytrace=False,
         )
     return path
-
-
-def _mesh_file(tmp: Path) -> Path:
-    source = ROOT / "deploy" / "local" / "mesh.yaml"
-    text = source.read_text()
-    relative = "dir: ../../policies"
-    if relative not in text:
-        pytest.fail(f"{source}: expected '{relative}' to rewrite", pytrace=False)
-    config = tmp / "mesh.yaml"
-    config.write_text(text.replace(relative, f"dir: {ROOT / 'policies'}"))
-    return config
 
 
 def _tail(log: Path, lines: int = 40) -> str:
@@ -93,18 +83,16 @@ def _wait_ready(proc: subprocess.Popen, state: Path, log: Path) -> Dict[str, Any
     pytest.fail(f"meshward up not ready in {READY_DEADLINE}s:\n{_tail(log)}", pytrace=False)
 
 
-@pytest.fixture(scope="session")
-def mesh() -> Iterator[Mesh]:
-    binary = _binary()
-    # Short path: Workload API sockets live under the state dir.
-    tmp = Path(tempfile.mkdtemp(prefix="mw-sdk-"))
+@contextmanager
+def run_up(tmp: Path, config: Path) -> Iterator[Mesh]:
+    """`meshward up` on `config` (state and log under `tmp`), ready, and
+    stopped (SIGTERM) on exit."""
     state = tmp / "state"
     log = tmp / "up.log"
-    config = _mesh_file(tmp)
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [
-                str(binary),
+                str(_binary()),
                 "up",
                 "--config",
                 str(config),
@@ -128,6 +116,28 @@ def mesh() -> Iterator[Mesh]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def local_mesh_text() -> str:
+    """deploy/local/mesh.yaml with its policy directory made absolute."""
+    source = ROOT / "deploy" / "local" / "mesh.yaml"
+    text = source.read_text()
+    relative = "dir: ../../policies"
+    if relative not in text:
+        pytest.fail(f"{source}: expected '{relative}' to rewrite", pytrace=False)
+    return text.replace(relative, f"dir: {ROOT / 'policies'}")
+
+
+@pytest.fixture(scope="session")
+def mesh() -> Iterator[Mesh]:
+    # Short path: Workload API sockets live under the state dir.
+    tmp = Path(tempfile.mkdtemp(prefix="mw-sdk-"))
+    try:
+        config = tmp / "mesh.yaml"
+        config.write_text(local_mesh_text())
+        with run_up(tmp, config) as m:
+            yield m
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
