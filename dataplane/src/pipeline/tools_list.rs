@@ -58,9 +58,9 @@ impl ToolsFilter {
             return response;
         }
         let (mut parts, body) = response.into_parts();
-        let text = match http_body_util::Limited::new(body, MAX_ANSWER).collect().await {
-            Ok(collected) => self.filter_json(&collected.to_bytes()),
-            Err(_) => self.unfilterable(),
+        let text = match collect(body, MAX_ANSWER).await {
+            Some(bytes) => self.filter_json(&bytes),
+            None => self.unfilterable(),
         };
         parts.headers.remove(header::CONTENT_LENGTH);
         parts.headers.insert(
@@ -220,6 +220,20 @@ impl ToolsFilter {
             "the tools/list answer could not be filtered by the mesh",
         )
     }
+}
+
+/// The whole body, if it ends without error within `limit` bytes.
+async fn collect(mut body: ProxyBody, limit: usize) -> Option<Bytes> {
+    let mut out = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.ok()?.into_data() {
+            if out.len() + data.len() > limit {
+                return None;
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Some(out.freeze())
 }
 
 /// The end (exclusive, blank line included) of the first complete SSE
