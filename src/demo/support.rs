@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
-use http::{Method, StatusCode};
+use http::StatusCode;
 use serde::Serialize;
 use serde_json::json;
 
@@ -177,6 +177,7 @@ fn parse_id(id: &str) -> Result<u64, Reply> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::Method;
 
     fn call(t: &Tickets, method: Method, target: &str, body: &str) -> Reply {
         t.handle(&DemoRequest::new(method, target, body.to_string()))
