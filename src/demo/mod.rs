@@ -33,6 +33,7 @@ pub mod support;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -43,7 +44,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use meshward_contract::pb::demo::echo_server::EchoServer;
 use meshward_dataplane::listener::{Listener, ListenerKind, ListenerLimits};
-use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
@@ -187,7 +187,13 @@ async fn answer_http(demo: &Demo, req: Request<Incoming>) -> Response<SkillBody>
             };
             let reply = demo.handle(&req);
             if reply.status.is_server_error() || reply.status.is_client_error() {
-                tracing::debug!(service = demo.name(), method = %req.method, path = %req.path, status = reply.status.as_u16(), "demo service refused a request");
+                tracing::debug!(
+                    service = demo.name(),
+                    method = %req.method,
+                    path = %req.path,
+                    status = reply.status.as_u16(),
+                    "demo service answered an error"
+                );
             }
             reply
         }
