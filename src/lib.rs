@@ -4,9 +4,9 @@
 
 #![forbid(unsafe_code)]
 
+pub mod demo;
 #[doc(hidden)]
 pub mod fuzz_checks;
-pub mod skill;
 pub mod telemetry;
 pub mod up;
 

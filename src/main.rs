@@ -120,10 +120,13 @@ enum Command {
         #[command(subcommand)]
         command: SpireCommand,
     },
-    /// Run the demo echo skill alone (HTTP + the meshward.demo.v1.Echo gRPC
-    /// service), e.g. behind a `meshward dataplane --local-upstream`.
+    /// Run one demo service alone (its JSON API with the echo behind it, and
+    /// the meshward.demo.v1.Echo gRPC service), e.g. behind a `meshward
+    /// dataplane --local-upstream`.
     Skill {
-        /// The service name the skill reports in its answers.
+        /// The service: hello-skill, sentiment-analysis, customer-lookup,
+        /// support-system or billing-system get their demo API; any name
+        /// gets the echo, which reports it.
         #[arg(long)]
         name: String,
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -290,7 +293,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .await
                 .with_context(|| format!("binding {listen}"))?;
             let stop = CancellationToken::new();
-            let task = tokio::spawn(meshward::skill::serve(name.clone(), listener, stop.clone()));
+            let task = tokio::spawn(meshward::demo::serve(name.clone(), listener, stop.clone()));
             tracing::info!(skill = %name, %listen, "skill ready");
             shutdown_signal().await;
             stop.cancel();

@@ -2,7 +2,8 @@
 //!
 //! It runs the embedded dev identity server, the control plane, one outbound
 //! dataplane per agent, one inbound dataplane per service and, for services
-//! without a `backend`, a built-in echo skill. Every component gets its SVID
+//! without a `backend`, its built-in demo service (`crate::demo`: the demo's
+//! own API, with the echo behind it). Every component gets its SVID
 //! through the SPIFFE Workload API from its own socket, exactly as it would
 //! from a SPIRE agent. Ports are assigned here (the config's port-0
 //! placeholders) and the result is written to `<state dir>/up.json`.
@@ -29,7 +30,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{skill, telemetry};
+use crate::{demo, telemetry};
 use meshward_dataplane::observe::{ObserveSettings, Sinks};
 
 /// How to run the mesh.
@@ -46,7 +47,7 @@ pub struct UpOptions {
     pub advertise_host: Option<String>,
     /// Services whose inbound sidecar runs outside `up` (an Envoy on the
     /// control plane's xDS): `up` starts no dataplane for them and keeps
-    /// their `endpoints` as written; it still runs their demo skill and
+    /// their `endpoints` as written; it still runs their demo service and
     /// serves their identity socket.
     pub external_services: std::collections::BTreeSet<String>,
     /// Where a dataplane answers Envoy's ext_authz `Check` (plain gRPC; the
@@ -129,7 +130,7 @@ pub struct ServiceInfo {
     pub admin: String,
     /// The app behind the inbound dataplane.
     pub backend: String,
-    /// True when `meshward up` runs the built-in echo skill as the backend.
+    /// True when `meshward up` runs the built-in demo service as the backend.
     pub demo_skill: bool,
 }
 
@@ -284,7 +285,7 @@ impl Up {
             let svc = &mesh.services[&name];
             let demo_skill = skill_listener.is_some();
             if let Some(l) = skill_listener {
-                tasks.push(tokio::spawn(skill::serve(name.clone(), l, stop.clone())));
+                tasks.push(tokio::spawn(demo::serve(name.clone(), l, stop.clone())));
             }
             let source = source_for(&svc.spec.spiffe_id).await?;
             dataplanes.push(
@@ -411,7 +412,7 @@ impl Up {
                     .with_context(|| format!("service {name}: backend {b:?} must be an ip:port"))?,
                 None => {
                     let (l, a) = bind().await?;
-                    tasks.push(tokio::spawn(skill::serve(name.clone(), l, stop.clone())));
+                    tasks.push(tokio::spawn(demo::serve(name.clone(), l, stop.clone())));
                     a
                 }
             };

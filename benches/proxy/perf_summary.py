@@ -68,7 +68,7 @@ def main(argv):
     print("Inclusive (callees included):")
     wanted = re.compile(
         r"policy::engine::CompiledPolicy::evaluate|policy::input::build_input|pipeline::handle\b|"
-        r"rustls::|hyper::proto::h1::|h2::codec|skill::echo_http|ratelimit|breaker|metrics::"
+        r"rustls::|hyper::proto::h1::|h2::codec|demo::answer_http|ratelimit|breaker|metrics::"
     )
     seen = 0
     for line in children.splitlines():
@@ -83,7 +83,7 @@ def main(argv):
 # Stage of a sample: the first rule (in this order) matching any frame of its
 # call stack. The skill is the demo backend: the same work on every path.
 STAGES = [
-    ("demo skill (backend, same on every path)", re.compile(r"meshward::skill::")),
+    ("demo skill (backend, same on every path)", re.compile(r"meshward::demo::")),
     ("policy: evaluate (regorus VM)", re.compile(r"policy::engine::CompiledPolicy::evaluate")),
     ("policy: build input", re.compile(r"policy::input::build_input")),
     ("rate limit / breaker", re.compile(r"meshward_dataplane::(ratelimit|breaker)")),

@@ -84,7 +84,7 @@ pub struct Service {
     /// allowed only as a placeholder that `meshward up` fills in.
     pub endpoints: Vec<String>,
     /// Where the inbound dataplane forwards to (the app on loopback). `None`
-    /// means `meshward up` runs a built-in demo echo skill for it.
+    /// means `meshward up` runs its built-in demo service (`src/demo/`).
     pub backend: Option<String>,
 }
 

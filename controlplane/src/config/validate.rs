@@ -10,7 +10,7 @@
 //!   cluster and `meshward up` names), and SPIFFE IDs too (one identity is
 //!   one workload).
 //! - Port 0 is a placeholder in `endpoints` only; a `backend` is where
-//!   traffic goes, so it needs a real port (omit it for the demo echo skill).
+//!   traffic goes, so it needs a real port (omit it for the built-in demo service).
 //! - Numbers and booleans must be unquoted: `burst: "10"` is an error, not a
 //!   silent conversion. Durations need a unit (`10s`, `500ms`).
 //! - `limits` / `per_caller_limits` may be omitted (zero: no limit), but a
