@@ -92,6 +92,11 @@ def mcp_mesh() -> Iterator[Tuple[Any, Peer, Peer]]:
         data["mcp"]["customer-lookup"]["tools"]["countdown"] = {"callers": [TRIAGE]}
         data_file.write_text(json.dumps(data))
         text = local_mesh_text().replace(f"dir: {ROOT / 'policies'}", f"dir: {policies}")
+        # support-triage's demo budget (burst 10) is for showing 429s; an MCP
+        # session spends several requests (initialize, stream, close).
+        small = "      requests_per_second: 5\n      burst: 10\n"
+        assert small in text
+        text = text.replace(small, "      requests_per_second: 100\n      burst: 200\n")
         text = _mcp_service(
             text,
             "customer-lookup",
