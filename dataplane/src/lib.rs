@@ -15,6 +15,7 @@ pub mod extauthz;
 pub mod grpc_server;
 pub mod identity;
 pub mod listener;
+pub mod mcp;
 pub mod metrics;
 pub mod observe;
 pub mod pipeline;
