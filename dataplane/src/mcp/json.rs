@@ -311,7 +311,10 @@ impl Parser<'_> {
             .get(start..self.pos)
             .ok_or(McpError::NumberOutOfRange)?;
         let number = if integer && negative {
-            match token.parse::<i64>().map_err(|_| McpError::NumberOutOfRange)? {
+            match token
+                .parse::<i64>()
+                .map_err(|_| McpError::NumberOutOfRange)?
+            {
                 0 => Number::from(0u64),
                 n => Number::from(n),
             }

@@ -60,11 +60,19 @@ impl Kind {
 enum Target {
     None,
     /// `tools/call`: `params.name`, `params.arguments` (absent is `{}`).
-    Tool { name: String, arguments: Value },
+    Tool {
+        name: String,
+        arguments: Value,
+    },
     /// `resources/read`: `params.uri`.
-    Resource { uri: String },
+    Resource {
+        uri: String,
+    },
     /// `prompts/get`: `params.name`, `params.arguments` (absent is `{}`).
-    Prompt { name: String, arguments: Value },
+    Prompt {
+        name: String,
+        arguments: Value,
+    },
 }
 
 /// A checked JSON-RPC message.
@@ -237,7 +245,9 @@ fn parse_id(id: &Value) -> Result<Id, McpError> {
                     "integer \"id\" larger than 2^63-1".to_owned(),
                 ))
             } else {
-                Err(invalid("\"id\" must be an integer or a string, not a fraction"))
+                Err(invalid(
+                    "\"id\" must be an integer or a string, not a fraction",
+                ))
             }
         }
         Value::Null => Err(invalid("\"id\" must not be null")),
