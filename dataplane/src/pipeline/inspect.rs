@@ -256,11 +256,12 @@ mod tests {
     fn refusals_of_requests_are_json_rpc_errors_with_the_same_id() {
         let refusal = Refusal::Forbidden(super::super::refusal::Denial::plain("no tool for you"));
         let single = body(r#"{"jsonrpc":"2.0","id":"a-1","method":"tools/call","params":{"name":"x"}}"#);
-        let Refusal::JsonRpc { answer, refusal } = answer(&single, Some(0), refusal, "rid") else {
+        let Refusal::JsonRpc { answer: text, refusal } = answer(&single, Some(0), refusal, "rid")
+        else {
             panic!("not a JSON-RPC answer");
         };
         assert_eq!(refusal.kind(), "forbidden");
-        let v: Value = serde_json::from_str(&answer).unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["id"], "a-1");
         assert_eq!(v["error"]["code"], mcp::FORBIDDEN);
         assert_eq!(v["error"]["message"], "no tool for you");
@@ -275,10 +276,10 @@ mod tests {
                 {"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"x"}}]"#,
         );
         let refusal = Refusal::Forbidden(super::super::refusal::Denial::plain("no"));
-        let Refusal::JsonRpc { answer, .. } = answer(&batch, Some(2), refusal, "rid") else {
+        let Refusal::JsonRpc { answer: text, .. } = answer(&batch, Some(2), refusal, "rid") else {
             panic!("not a JSON-RPC answer");
         };
-        let v: Value = serde_json::from_str(&answer).unwrap();
+        let v: Value = serde_json::from_str(&text).unwrap();
         let answers = v.as_array().unwrap();
         assert_eq!(answers.len(), 2);
         assert_eq!(answers[0]["id"], 1);
