@@ -82,6 +82,10 @@ pub enum NotReady {
     NoConfig,
     #[error("{spiffe_id} is not a registered service in the mesh config")]
     NotRegistered { spiffe_id: String },
+    /// This outbound sidecar's workload has no entry in the agent registry
+    /// it received, so the mesh cannot say who the agent is.
+    #[error("{spiffe_id} is not a registered agent in the mesh config")]
+    UnregisteredAgent { spiffe_id: String },
 }
 
 /// The client's own error: the request is malformed.
@@ -103,6 +107,17 @@ pub enum BadRequest {
     /// would (a query or body it cannot parse).
     #[error("{0}")]
     Input(#[from] crate::policy::InputError),
+    /// A sidecar endpoint (`/.meshward/...`) asked with a method it does not
+    /// answer (405, with `Allow`).
+    #[error("{path} answers {allow}, not {method}")]
+    MethodNotAllowed {
+        method: String,
+        path: &'static str,
+        allow: &'static str,
+    },
+    /// A sidecar endpoint that takes no query was sent one.
+    #[error("{path} takes no query")]
+    QueryNotAllowed { path: &'static str },
 }
 
 /// Why a request could not be delivered.
@@ -155,6 +170,9 @@ impl Refusal {
             Refusal::CircuitOpen(_) | Refusal::Unavailable { .. } | Refusal::NotReady(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            Refusal::BadRequest(BadRequest::MethodNotAllowed { .. }) => {
+                StatusCode::METHOD_NOT_ALLOWED
+            }
             Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
         }
     }
@@ -200,6 +218,9 @@ impl Refusal {
         }) = self
         {
             headers.extend(policy.iter().cloned());
+        }
+        if let Refusal::BadRequest(BadRequest::MethodNotAllowed { allow, .. }) = self {
+            headers.push((header::ALLOW.to_string(), allow.to_string()));
         }
         headers.push(("x-request-id".into(), request_id.to_string()));
         headers.push((super::headers::REFUSAL.into(), self.kind().to_string()));

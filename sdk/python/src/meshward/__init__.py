@@ -26,6 +26,8 @@ from .errors import (
     UnknownService,
     UpstreamError,
 )
+from .grpc_channel import GrpcNotInstalled, grpc_refusal
+from .identity import Identity, IdentityFormatError, Limits, parse_identity
 from .response import Response
 from .retry import RetryPolicy
 
@@ -38,7 +40,11 @@ __all__ = [
     "DEFAULT_OUTBOUND",
     "DEFAULT_TIMEOUT",
     "Forbidden",
+    "GrpcNotInstalled",
+    "Identity",
+    "IdentityFormatError",
     "InvalidURL",
+    "Limits",
     "MeshRefusal",
     "MeshwardError",
     "OUTBOUND_ENV",
@@ -51,5 +57,7 @@ __all__ = [
     "UnknownService",
     "UpstreamError",
     "__version__",
+    "grpc_refusal",
+    "parse_identity",
     "parse_target",
 ]
