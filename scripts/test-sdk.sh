@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Tests the Python SDK (sdk/python): installs it (with the grpc extra), pytest
-# and grpcio-tools into .venv/, runs
-# the unit tests, then the integration tests against a real `meshward up`.
+# and grpcio-tools into .venv/, runs the unit tests, then the integration
+# tests against a real `meshward up`.
 #
 #   scripts/test-sdk.sh
 #   MESHWARD_BIN=/path/to/meshward scripts/test-sdk.sh

@@ -318,10 +318,9 @@ mod tests {
             Ok::<_, std::io::Error>(http_body::Frame::data(bytes::Bytes::from("m"))),
             Ok(http_body::Frame::trailers(trailers)),
         ]));
-        let collected = futures::executor::block_on(
-            strip_mesh_asserted_trailers(boxed(app)).collect(),
-        )
-        .unwrap();
+        let collected =
+            futures::executor::block_on(strip_mesh_asserted_trailers(boxed(app)).collect())
+                .unwrap();
         let trailers = collected.trailers().cloned().unwrap();
         assert_eq!(trailers["grpc-status"], "7");
         assert_eq!(trailers.len(), 1, "{trailers:?}");

@@ -23,9 +23,9 @@ pub mod headers;
 pub mod identify;
 pub mod refusal;
 pub mod target;
-pub mod whoami;
 #[cfg(test)]
 pub(crate) mod test_support;
+pub mod whoami;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

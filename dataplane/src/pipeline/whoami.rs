@@ -260,10 +260,7 @@ mod tests {
             // Absolute form names a service: a proxy-style client's request.
             "http://svc/.meshward/identity",
         ] {
-            assert!(
-                serve(&id, &req(Method::GET, target)).is_none(),
-                "{target}"
-            );
+            assert!(serve(&id, &req(Method::GET, target)).is_none(), "{target}");
         }
         // Every HTTP/2 request is in origin form, whatever its :authority.
         let mut h2 = req(Method::GET, "http://svc/.meshward/identity");
@@ -298,7 +295,10 @@ mod tests {
 
     #[test]
     fn trust_domain_is_the_ids_authority() {
-        assert_eq!(trust_domain_of("spiffe://example.org/agent/a"), "example.org");
+        assert_eq!(
+            trust_domain_of("spiffe://example.org/agent/a"),
+            "example.org"
+        );
         assert_eq!(trust_domain_of("spiffe://td"), "td");
     }
 }
