@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Tests the Python SDK (sdk/python): installs it and pytest into .venv/, runs
-# the unit tests, then the integration tests against a real `meshward up`.
+# Tests the Python SDK (sdk/python): installs it (with the grpc extra), pytest
+# and grpcio-tools into .venv/, runs the unit tests, then the integration
+# tests against a real `meshward up`.
 #
 #   scripts/test-sdk.sh
 #   MESHWARD_BIN=/path/to/meshward scripts/test-sdk.sh
@@ -16,6 +17,8 @@ PYTHON=${PYTHON:-python3}
 export MESHWARD_BIN=${MESHWARD_BIN:-$ROOT/target/debug/meshward}
 
 PYTEST_PIN="pytest==9.2.0"
+# Generates the demo Echo stubs for the gRPC integration tests.
+GRPC_TOOLS_PIN="grpcio-tools==1.85.1"
 
 log() { printf '%s\n' "$*" >&2; }
 
@@ -28,8 +31,9 @@ VPY=$VENV/bin/python
 # Reinstalled every run (quick, no build isolation downloads after the first):
 # the tests must see this checkout's SDK, not an older install.
 start=$SECONDS
-"$VPY" -m pip install --quiet --disable-pip-version-check "$PYTEST_PIN" "$ROOT/sdk/python" >&2
-log "SDK and pytest installed in $((SECONDS - start))s"
+"$VPY" -m pip install --quiet --disable-pip-version-check \
+    "$PYTEST_PIN" "$GRPC_TOOLS_PIN" "$ROOT/sdk/python[grpc]" >&2
+log "SDK (with grpc), pytest and grpcio-tools installed in $((SECONDS - start))s"
 
 if [ ! -x "$MESHWARD_BIN" ]; then
     log "no meshward binary at $MESHWARD_BIN: build it (cargo build) or set MESHWARD_BIN"

@@ -24,6 +24,13 @@ pub enum RouteError {
     NoService,
     #[error("malformed path {0:?}")]
     BadPath(String),
+    /// An outbound request target under `/.meshward/`, reserved for the
+    /// sidecar's own endpoints, that names none of them.
+    #[error(
+        "path {0:?} is reserved for the sidecar's own endpoints (/.meshward/): \
+         reach a service's own /.meshward/ path as /mcp://<service>/.meshward/..."
+    )]
+    Reserved(String),
 }
 
 const MCP_PREFIX: &str = "/mcp://";

@@ -9,6 +9,7 @@
 //! success nor a failure ([`BreakerGuard::abandon`]) but a 400.
 
 use http::{HeaderMap, Request, Response, Uri, Version, header};
+use http_body_util::BodyExt;
 
 use super::admit::Admitted;
 use super::headers;
@@ -55,13 +56,32 @@ pub async fn forward(
     let Admitted { permit, breaker } = admitted;
     let mut resp = settle(sent, breaker, &client_body, &upstream.service.name)?;
     headers::strip_hop_by_hop(resp.headers_mut());
-    if direction == Direction::Inbound {
+    let inbound = direction == Direction::Inbound;
+    if inbound {
         // Only the mesh speaks `x-meshward-*`: an app must not be able to
-        // fake a mesh refusal to its callers.
+        // fake a mesh refusal to its callers, in headers or (gRPC) trailers.
         headers::strip_mesh_asserted(resp.headers_mut());
     }
     let (parts, body) = resp.into_parts();
+    let body = if inbound {
+        strip_mesh_asserted_trailers(body)
+    } else {
+        body
+    };
     Ok(Response::from_parts(parts, GuardedBody::wrap(body, permit)))
+}
+
+/// Removes mesh-asserted names from the trailers of an app's response: a
+/// gRPC client reads `x-meshward-refusal` from trailing metadata.
+fn strip_mesh_asserted_trailers(body: ProxyBody) -> ProxyBody {
+    body.map_frame(|frame| match frame.into_trailers() {
+        Ok(mut trailers) => {
+            headers::strip_mesh_asserted(&mut trailers);
+            http_body::Frame::trailers(trailers)
+        }
+        Err(frame) => frame,
+    })
+    .boxed()
 }
 
 /// Reports the outcome to the breaker and turns a failed send into the
@@ -286,5 +306,24 @@ mod tests {
             Err(Refusal::BadRequest(BadRequest::Body(why))) => assert!(why.contains("bad chunk")),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn an_apps_trailers_cannot_pose_as_the_mesh() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", "7".parse().unwrap());
+        trailers.insert("x-meshward-refusal", "forbidden".parse().unwrap());
+        trailers.insert("x_meshward_refusal", "forbidden".parse().unwrap());
+        let app = http_body_util::StreamBody::new(futures::stream::iter([
+            Ok::<_, std::io::Error>(http_body::Frame::data(bytes::Bytes::from("m"))),
+            Ok(http_body::Frame::trailers(trailers)),
+        ]));
+        let collected =
+            futures::executor::block_on(strip_mesh_asserted_trailers(boxed(app)).collect())
+                .unwrap();
+        let trailers = collected.trailers().cloned().unwrap();
+        assert_eq!(trailers["grpc-status"], "7");
+        assert_eq!(trailers.len(), 1, "{trailers:?}");
+        assert_eq!(collected.to_bytes(), "m");
     }
 }

@@ -2,6 +2,8 @@
 //!
 //! 1. [`identify`]: who is calling (this workload outbound, the verified
 //!    peer inbound); fail closed without an SVID or a warm config.
+//!    Outbound, [`whoami`] then answers the sidecar's own endpoints
+//!    (`/.meshward/identity`) instead of routing them.
 //! 2. [`target::route`]: which service (`/mcp://<service>` or `Host`).
 //! 3. [`target::canonicalize`]: the one path policy and service both see.
 //! 4. [`headers`]: hygiene, so the policy judges what the service receives.
@@ -28,6 +30,7 @@ pub mod target;
 pub mod tools_list;
 #[cfg(test)]
 pub(crate) mod test_support;
+pub mod whoami;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -245,6 +248,11 @@ async fn stages(
     labels.caller = metric_labels::caller_label_of(&identity);
     if let Some(r) = record.as_deref_mut() {
         r.caller = Some(identity.caller_id.clone());
+    }
+    if direction == Direction::Outbound
+        && let Some(answer) = whoami::serve(&identity, &req)
+    {
+        return answer;
     }
     headers::check_host(&req)?;
     let host = req

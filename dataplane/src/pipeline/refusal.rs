@@ -90,6 +90,10 @@ pub enum NotReady {
     NoConfig,
     #[error("{spiffe_id} is not a registered service in the mesh config")]
     NotRegistered { spiffe_id: String },
+    /// This outbound sidecar's workload has no entry in the agent registry
+    /// it received, so the mesh cannot say who the agent is.
+    #[error("{spiffe_id} is not a registered agent in the mesh config")]
+    UnregisteredAgent { spiffe_id: String },
 }
 
 /// The client's own error: the request is malformed.
@@ -115,6 +119,17 @@ pub enum BadRequest {
     /// (answered with the JSON-RPC error body, `id` null).
     #[error("MCP message: {0}")]
     Mcp(crate::mcp::McpError),
+    /// A sidecar endpoint (`/.meshward/...`) asked with a method it does not
+    /// answer (405, with `Allow`).
+    #[error("{path} answers {allow}, not {method}")]
+    MethodNotAllowed {
+        method: String,
+        path: &'static str,
+        allow: &'static str,
+    },
+    /// A sidecar endpoint that takes no query was sent one.
+    #[error("{path} takes no query")]
+    QueryNotAllowed { path: &'static str },
 }
 
 /// Why a request could not be delivered.
@@ -168,6 +183,9 @@ impl Refusal {
             Refusal::CircuitOpen(_) | Refusal::Unavailable { .. } | Refusal::NotReady(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            Refusal::BadRequest(BadRequest::MethodNotAllowed { .. }) => {
+                StatusCode::METHOD_NOT_ALLOWED
+            }
             Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
             Refusal::JsonRpc { .. } => StatusCode::OK,
         }
@@ -220,6 +238,9 @@ impl Refusal {
         }) = inner
         {
             headers.extend(policy.iter().cloned());
+        }
+        if let Refusal::BadRequest(BadRequest::MethodNotAllowed { allow, .. }) = self {
+            headers.push((header::ALLOW.to_string(), allow.to_string()));
         }
         headers.push(("x-request-id".into(), request_id.to_string()));
         headers.push((super::headers::REFUSAL.into(), self.kind().to_string()));

@@ -27,6 +27,8 @@ from .errors import (
     UpstreamError,
 )
 from .mcp_client import mcp_refusal, mcp_url
+from .grpc_channel import GrpcNotInstalled, grpc_refusal
+from .identity import Identity, IdentityFormatError, Limits, parse_identity
 from .response import Response
 from .retry import RetryPolicy
 
@@ -39,7 +41,11 @@ __all__ = [
     "DEFAULT_OUTBOUND",
     "DEFAULT_TIMEOUT",
     "Forbidden",
+    "GrpcNotInstalled",
+    "Identity",
+    "IdentityFormatError",
     "InvalidURL",
+    "Limits",
     "MeshRefusal",
     "MeshwardError",
     "OUTBOUND_ENV",
@@ -54,5 +60,7 @@ __all__ = [
     "__version__",
     "mcp_refusal",
     "mcp_url",
+    "grpc_refusal",
+    "parse_identity",
     "parse_target",
 ]

@@ -22,7 +22,7 @@ DEFAULT_OUTBOUND = "127.0.0.1:15001"
 OUTBOUND_ENV = "MESHWARD_OUTBOUND"
 
 # RFC 1123 label, as the mesh file requires of service names.
-_SERVICE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
+SERVICE_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 # Printable ASCII without space, '#', '\\'.
 _PATH_CHARS = re.compile(r"[!$%&'()*+,\-./0-9:=@A-Z_a-z~]*\Z")
 _QUERY_CHARS = re.compile(r"[!$%&'()*+,\-./0-9:;=?@A-Z_a-z~]*\Z")
@@ -62,7 +62,7 @@ def parse_target(url: str) -> Target:
     if "#" in rest:
         raise InvalidURL(url, "a fragment ('#') is never sent to a service")
     authority, sep, tail = _split_authority(rest)
-    if not _SERVICE.match(authority):
+    if not SERVICE_NAME.match(authority):
         raise InvalidURL(
             url,
             f"service {authority!r} must be a DNS label: 1-63 lowercase letters, "

@@ -7,13 +7,16 @@ the I/O (`_Calls`), so the sync and async APIs cannot drift apart.
 """
 
 import asyncio
+import json as jsonlib
 import time
 from typing import Any, AsyncContextManager, Awaitable, Callable, Mapping, Optional, Union
 
 import httpx
 
+from . import grpc_channel as _grpc
 from ._target import Sidecar, Target, parse_target, resolve_sidecar
-from .errors import CallTimeout, RateLimited, SidecarError, refusal_from
+from .errors import CallTimeout, RateLimited, SidecarError, _snippet, refusal_from
+from .identity import IDENTITY_PATH, Identity, IdentityFormatError, parse_identity
 from .response import Response
 from .retry import RetryPolicy
 
@@ -31,6 +34,9 @@ class _Default:
 
 
 DEFAULT: Any = _Default()
+
+#: `Response.service` of the sidecar's own answers (`identity()`).
+SIDECAR_SERVICE = "(sidecar)"
 
 TimeoutArg = Union[float, httpx.Timeout, None]
 
@@ -97,6 +103,32 @@ class _Calls:
                 return wait
         raise refusal
 
+    def _identity_request(
+        self, client: Union[httpx.Client, httpx.AsyncClient], timeout: Any
+    ) -> httpx.Request:
+        return client.build_request(
+            "GET",
+            httpx.URL(self.sidecar.base_url + IDENTITY_PATH),
+            headers=self._headers,
+            timeout=self._timeout if timeout is DEFAULT else timeout,
+        )
+
+    def _identity_outcome(self, http: httpx.Response) -> Identity:
+        """The identity the sidecar answered; raises its refusal or
+        `IdentityFormatError`."""
+        refusal = refusal_from(Response(http, SIDECAR_SERVICE))
+        if refusal is not None:
+            raise refusal
+        if http.status_code != 200:
+            raise IdentityFormatError(
+                f"status {http.status_code} without a mesh refusal: {_snippet(http.text)!r}"
+            )
+        try:
+            document = jsonlib.loads(http.content)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise IdentityFormatError(f"not JSON: {e}") from e
+        return parse_identity(document)
+
     def _transport_error(self, e: httpx.TransportError) -> SidecarError:
         where = self.sidecar.base_url
         return CallTimeout(where, e) if isinstance(e, httpx.TimeoutException) else SidecarError(where, e)
@@ -158,6 +190,28 @@ class Agent(_Calls):
             if isinstance(outcome, Response):
                 return outcome
             self._sleep(outcome)
+
+    def identity(self, *, timeout: Any = DEFAULT) -> Identity:
+        """Who the mesh says this agent is, from the sidecar's verified
+        registry (`GET /.meshward/identity`).
+
+        Raises the sidecar's refusal like `call` does (`Unavailable` when
+        the agent is not registered or the sidecar is not ready),
+        `IdentityFormatError` for an answer it cannot read.
+        """
+        request = self._identity_request(self._client, timeout)
+        try:
+            http = self._client.send(request)
+        except httpx.TransportError as e:
+            raise self._transport_error(e) from e
+        return self._identity_outcome(http)
+
+    def grpc_channel(self, service: str, *, options: Optional[_grpc.ChannelOptions] = None) -> Any:
+        """A `grpc.Channel` to `service` through the sidecar (`:authority`
+        is the service's name). Needs grpcio (`meshward[grpc]`); close it
+        when done. Turn its errors into refusals with `grpc_refusal`.
+        """
+        return _grpc.insecure_channel(self.sidecar, service, options)
 
     def close(self) -> None:
         self._client.close()
@@ -229,6 +283,20 @@ class AsyncAgent(_Calls):
         merged = dict(self._headers)
         merged.update(headers or {})
         return open_session(mcp_url(self.sidecar.base_url, service, path), headers=merged)
+
+    async def identity(self, *, timeout: Any = DEFAULT) -> Identity:
+        """See `Agent.identity`."""
+        request = self._identity_request(self._client, timeout)
+        try:
+            http = await self._client.send(request)
+        except httpx.TransportError as e:
+            raise self._transport_error(e) from e
+        return self._identity_outcome(http)
+
+    def grpc_channel(self, service: str, *, options: Optional[_grpc.ChannelOptions] = None) -> Any:
+        """A `grpc.aio.Channel` to `service` through the sidecar; see
+        `Agent.grpc_channel`."""
+        return _grpc.aio_insecure_channel(self.sidecar, service, options)
 
     async def aclose(self) -> None:
         await self._client.aclose()

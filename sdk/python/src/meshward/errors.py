@@ -87,6 +87,8 @@ class MeshRefusal(MeshwardError):
         #: Seconds from `retry-after`, when the mesh sent one.
         self.retry_after = retry_after
         self.response = response
+        #: The gRPC status code (an `int`) of a refusal from `grpc_refusal`.
+        self.grpc_code: Optional[int] = None
 
 
 class Forbidden(MeshRefusal):
@@ -141,6 +143,11 @@ _BY_KIND: Dict[str, Type[MeshRefusal]] = {
 }
 
 
+def refusal_class(kind: str) -> Type[MeshRefusal]:
+    """The exception class of a refusal kind (`MeshRefusal` for unknown ones)."""
+    return _BY_KIND.get(kind, MeshRefusal)
+
+
 def refusal_from(response: "Response") -> Optional[MeshRefusal]:
     """The refusal a response carries, or `None` when the upstream answered."""
     kind = response.headers.get(REFUSAL_HEADER)
@@ -155,7 +162,7 @@ def refusal_from(response: "Response") -> Optional[MeshRefusal]:
     request_id = response.headers.get(REQUEST_ID_HEADER)
     if request_id is None and body and isinstance(body.get("request_id"), str):
         request_id = body["request_id"]
-    cls = _BY_KIND.get(kind, MeshRefusal)
+    cls = refusal_class(kind)
     return cls(
         status=response.status_code,
         kind=kind,
