@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Tests the Python SDK (sdk/python): installs it (with the grpc extra), pytest
+# Tests the Python SDK (sdk/python): installs it (with the grpc and mcp extras), pytest
 # and grpcio-tools into .venv/, runs the unit tests, then the integration
 # tests against a real `meshward up`.
 #
@@ -32,8 +32,8 @@ VPY=$VENV/bin/python
 # the tests must see this checkout's SDK, not an older install.
 start=$SECONDS
 "$VPY" -m pip install --quiet --disable-pip-version-check \
-    "$PYTEST_PIN" "$GRPC_TOOLS_PIN" "$ROOT/sdk/python[grpc]" >&2
-log "SDK (with grpc), pytest and grpcio-tools installed in $((SECONDS - start))s"
+    "$PYTEST_PIN" "$GRPC_TOOLS_PIN" "$ROOT/sdk/python[grpc,mcp]" >&2
+log "SDK (with grpc and mcp), pytest and grpcio-tools installed in $((SECONDS - start))s"
 
 if [ ! -x "$MESHWARD_BIN" ]; then
     log "no meshward binary at $MESHWARD_BIN: build it (cargo build) or set MESHWARD_BIN"

@@ -903,7 +903,11 @@ fn mcp_services_load_with_their_settings() {
 ";
     let (_dir, path) = mesh_dir("mcp", &mesh);
     let mesh = load(&path).unwrap_or_else(|e| panic!("{e}"));
-    let mcp = mesh.services["world"].spec.mcp.clone().expect("mcp settings");
+    let mcp = mesh.services["world"]
+        .spec
+        .mcp
+        .clone()
+        .expect("mcp settings");
     assert_eq!(mcp.path, "/v1/mcp");
     assert_eq!(mcp.max_message_bytes, 4096);
     assert!(mcp.filter_tools_list);

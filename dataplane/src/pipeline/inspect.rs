@@ -210,7 +210,11 @@ pub fn answer(body: &Body, index: Option<usize>, refusal: Refusal, request_id: &
                 .enumerate()
                 .filter(|(_, m)| m.is_request())
                 .map(|(i, m)| {
-                    let r = if Some(i) == index || index.is_none() { &rejection } else { &others };
+                    let r = if Some(i) == index || index.is_none() {
+                        &rejection
+                    } else {
+                        &others
+                    };
                     mcp::rejection_response(m.id(), r)
                 })
                 .collect();
@@ -255,8 +259,12 @@ mod tests {
     #[test]
     fn refusals_of_requests_are_json_rpc_errors_with_the_same_id() {
         let refusal = Refusal::Forbidden(super::super::refusal::Denial::plain("no tool for you"));
-        let single = body(r#"{"jsonrpc":"2.0","id":"a-1","method":"tools/call","params":{"name":"x"}}"#);
-        let Refusal::JsonRpc { answer: text, refusal } = answer(&single, Some(0), refusal, "rid")
+        let single =
+            body(r#"{"jsonrpc":"2.0","id":"a-1","method":"tools/call","params":{"name":"x"}}"#);
+        let Refusal::JsonRpc {
+            answer: text,
+            refusal,
+        } = answer(&single, Some(0), refusal, "rid")
         else {
             panic!("not a JSON-RPC answer");
         };
@@ -283,7 +291,12 @@ mod tests {
         let answers = v.as_array().unwrap();
         assert_eq!(answers.len(), 2);
         assert_eq!(answers[0]["id"], 1);
-        assert!(answers[0]["error"]["message"].as_str().unwrap().starts_with("not executed"));
+        assert!(
+            answers[0]["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("not executed")
+        );
         assert_eq!(answers[1]["id"], 2);
         assert_eq!(answers[1]["error"]["message"], "no");
 

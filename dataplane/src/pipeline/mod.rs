@@ -7,8 +7,8 @@
 //! 2. [`target::route`]: which service (`/mcp://<service>` or `Host`).
 //! 3. [`target::canonicalize`]: the one path policy and service both see.
 //! 4. [`headers`]: hygiene, so the policy judges what the service receives.
-//! 4b. [`inspect`]: an MCP endpoint's JSON-RPC messages, parsed strictly
-//!    (`protocol: mcp` services only).
+//!    Then [`inspect`], for `protocol: mcp` services only: the MCP
+//!    endpoint's JSON-RPC messages, parsed strictly.
 //! 5. [`authorize`]: the Rego decision (a denial still costs a token); one
 //!    per MCP message.
 //! 6. [`admit`]: the caller's rate limit and breaker.
@@ -27,9 +27,9 @@ pub mod identify;
 pub mod inspect;
 pub mod refusal;
 pub mod target;
-pub mod tools_list;
 #[cfg(test)]
 pub(crate) mod test_support;
+pub mod tools_list;
 pub mod whoami;
 
 use std::net::SocketAddr;

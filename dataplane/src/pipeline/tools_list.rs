@@ -63,10 +63,9 @@ impl ToolsFilter {
             None => self.unfilterable(),
         };
         parts.headers.remove(header::CONTENT_LENGTH);
-        parts.headers.insert(
-            header::CONTENT_LENGTH,
-            HeaderValue::from(text.len() as u64),
-        );
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(text.len() as u64));
         Response::from_parts(parts, full(text))
     }
 
