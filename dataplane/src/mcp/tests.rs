@@ -235,6 +235,28 @@ fn depth_is_capped_whatever_the_limit() {
 }
 
 #[test]
+fn serde_json_reads_the_deepest_accepted_value() {
+    let limits = Limits {
+        max_depth: usize::MAX,
+        ..Limits::default()
+    };
+    let depth = |d: usize| format!("{}{}", "[".repeat(d), "]".repeat(d));
+    let deepest = depth(DEPTH_CEILING);
+    // Parsed (then refused as a batch whose element is not a message).
+    assert!(matches!(
+        inspect(deepest.as_bytes(), &limits),
+        Err(McpError::InvalidMessage(_))
+    ));
+    assert!(serde_json::from_str::<Value>(&deepest).is_ok());
+    assert_eq!(
+        inspect(depth(DEPTH_CEILING + 1).as_bytes(), &limits),
+        Err(McpError::TooDeep {
+            limit: DEPTH_CEILING
+        })
+    );
+}
+
+#[test]
 fn trailing_data_is_refused() {
     let body = r#"{"jsonrpc":"2.0","method":"ping","id":1}"#;
     for trailer in [
