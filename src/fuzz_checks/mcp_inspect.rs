@@ -114,13 +114,14 @@ fn check_refusal(error: &McpError) {
     );
 }
 
-/// Equal as JSON; floats may differ by the rounding of serde_json's default
-/// float parser, which is not correctly rounded (`inspect`'s is).
+/// Equal as JSON; floats may differ in the last bits by the rounding of
+/// serde_json's default float parser, which is not correctly rounded
+/// (`inspect`'s is).
 fn same(a: &Value, b: &Value) -> bool {
     match (a, b) {
         (Value::Number(x), Value::Number(y)) if x.is_f64() || y.is_f64() => {
             match (x.as_f64(), y.as_f64()) {
-                (Some(x), Some(y)) => x == y || (x - y).abs() <= x.abs().max(y.abs()) * 1e-15,
+                (Some(x), Some(y)) => x == y || ulps_apart(x, y) <= 2,
                 _ => false,
             }
         }
@@ -132,4 +133,12 @@ fn same(a: &Value, b: &Value) -> bool {
         }
         _ => a == b,
     }
+}
+
+/// How many representable doubles lie between `x` and `y` (same sign).
+fn ulps_apart(x: f64, y: f64) -> u64 {
+    if x.is_sign_negative() != y.is_sign_negative() {
+        return u64::MAX;
+    }
+    x.to_bits().abs_diff(y.to_bits())
 }
