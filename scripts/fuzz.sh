@@ -6,7 +6,7 @@
 #
 #   SECONDS_PER_TARGET  default 60; --smoke (or FUZZ_SMOKE=1) makes it 5, for CI
 #   TARGET              default: all of canonical_path mesh_yaml xds_resources
-#                       policy_input hpack_relay
+#                       policy_input hpack_relay mcp_inspect
 #
 # Needs nightly Rust (`cargo +nightly`). Installs cargo-fuzz into .tools/ when
 # it is missing. Each target reads its committed seeds (fuzz/seeds/<target>/,
@@ -22,7 +22,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 
-ALL_TARGETS=(canonical_path mesh_yaml xds_resources policy_input hpack_relay)
+ALL_TARGETS=(canonical_path mesh_yaml xds_resources policy_input hpack_relay mcp_inspect)
 SECONDS_PER_TARGET=60
 SMOKE=${FUZZ_SMOKE:-0}
 TIMEOUT=${FUZZ_TIMEOUT:-30}

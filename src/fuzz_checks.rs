@@ -13,12 +13,14 @@
 mod canonical_path;
 mod hpack_relay;
 mod input;
+mod mcp_inspect;
 mod mesh_yaml;
 mod policy_input;
 mod xds_resources;
 
 pub use canonical_path::canonical_path;
 pub use hpack_relay::hpack_relay;
+pub use mcp_inspect::mcp_inspect;
 pub use mesh_yaml::mesh_yaml;
 pub use policy_input::policy_input;
 pub use xds_resources::{XdsKind, xds_resources};
@@ -49,4 +51,5 @@ pub const TARGETS: &[(&str, Check)] = &[
     ("xds_resources", xds_resources),
     ("policy_input", policy_input),
     ("hpack_relay", hpack_relay),
+    ("mcp_inspect", mcp_inspect),
 ];

@@ -49,9 +49,12 @@ pub use message::{Id, Kind, Message};
 use serde_json::Value;
 
 /// The deepest nesting [`inspect`] reads, whatever [`Limits::max_depth`]
-/// says: parsing, dropping and serializing a `serde_json::Value` all recurse
-/// once per level, so a deeper value could overflow a worker's stack.
-pub const DEPTH_CEILING: usize = 512;
+/// says. Parsing, dropping and serializing a `serde_json::Value` all recurse
+/// once per level, so a deeper value could overflow a worker's stack; and
+/// serde_json's own recursion limit lets it read 127 levels, so whatever
+/// `inspect` accepts, serde_json (and code that re-reads the value with it)
+/// reads too.
+pub const DEPTH_CEILING: usize = 127;
 
 /// Bounds on what [`inspect`] reads; each is refused beyond, never cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
