@@ -27,6 +27,7 @@ mod response;
 
 use std::sync::Arc;
 
+use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 use envoy_types::pb::envoy::service::auth::v3::authorization_server::{
     Authorization, AuthorizationServer,
 };
@@ -39,10 +40,11 @@ pub use caller::CallerError;
 use outcomes::{Outcomes, Pending};
 
 use crate::canonical;
+use crate::mcp::McpError;
 use crate::pipeline::authorize::{Audit, judge};
 use crate::pipeline::identify::Identity;
 use crate::pipeline::refusal::{BadRequest, Denial, NotReady, Refusal};
-use crate::pipeline::{admit, headers};
+use crate::pipeline::{admit, headers, inspect};
 use crate::policy::{CallerFacts, Checkpoint, Decision, MeshFacts, ServiceFacts, document};
 use crate::proxy::Shared;
 use crate::state::{MeshState, PathRules, Upstream};
@@ -147,14 +149,38 @@ impl ExtAuthz {
             own_service: upstream.clone(),
         };
         let doc = input(attributes, &path, raw_path, &identity, upstream.as_deref())?;
-        let mut decision = match judge(
-            &identity,
-            upstream.as_deref(),
-            Checkpoint::ExtAuthz,
-            &doc,
-            &self.shared.limiter,
-            audit,
-        ) {
+        let messages = match upstream.as_deref() {
+            Some(u) => mcp_messages(u, &path, http)?,
+            None => None,
+        };
+        let judged = match (&messages, upstream.as_deref()) {
+            (Some(body), Some(u)) => inspect::judge_messages(
+                &identity,
+                u,
+                Checkpoint::ExtAuthz,
+                &doc,
+                body,
+                &self.shared.limiter,
+                audit,
+                request_id,
+            )
+            .map_err(Refusal::into_plain)
+            .and_then(|decisions| {
+                decisions
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| Refusal::Forbidden(Denial::plain("no MCP message to judge")))
+            }),
+            _ => judge(
+                &identity,
+                upstream.as_deref(),
+                Checkpoint::ExtAuthz,
+                &doc,
+                &self.shared.limiter,
+                audit,
+            ),
+        };
+        let mut decision = match judged {
             // Allowed by configuration, but still metered and still
             // stripped of forged identity headers below.
             Err(Refusal::PolicyError(e)) if self.settings.allow_on_policy_error => {
@@ -193,6 +219,49 @@ impl ExtAuthz {
     fn service(&self, attributes: &AttributeContext, state: &MeshState) -> Option<Arc<Upstream>> {
         service(attributes, self.settings.service.as_deref(), state)
     }
+}
+
+/// The MCP messages of a check on a `protocol: mcp` service's endpoint,
+/// parsed as the sidecar parses them. Envoy must send the body
+/// (`with_request_body`); a check without it, or with a truncated one, is
+/// refused rather than allowed on the service-level rules alone.
+fn mcp_messages(
+    upstream: &Upstream,
+    path: &str,
+    http: Option<&HttpRequest>,
+) -> Result<Option<crate::mcp::Body>, Refusal> {
+    let Some(settings) = inspect::endpoint(upstream, path) else {
+        return Ok(None);
+    };
+    let Some(http) = http else {
+        return Err(BadRequest::Mcp(McpError::Unsupported(
+            "a check without an HTTP request".into(),
+        ))
+        .into());
+    };
+    let body: &[u8] = if http.body.is_empty() {
+        &http.raw_body
+    } else {
+        http.body.as_bytes()
+    };
+    let declared = http
+        .headers
+        .get("content-length")
+        .and_then(|v| v.parse::<u64>().ok());
+    let truncated = http
+        .headers
+        .get("x-envoy-auth-partial-body")
+        .is_some_and(|v| v == "true")
+        || declared.is_some_and(|n| n > body.len() as u64);
+    if http.method == "POST" && body.is_empty() && !truncated {
+        return Err(BadRequest::Mcp(McpError::Unsupported(
+            "an MCP message without its body (set with_request_body on Envoy's ext_authz filter)"
+                .into(),
+        ))
+        .into());
+    }
+    let encoding = http.headers.get("content-encoding").map(String::as_str);
+    inspect::parse(settings, &http.method, encoding, body, truncated)
 }
 
 /// See [`ExtAuthz::service`]; `configured` is the listener's setting.
@@ -454,9 +523,7 @@ mod tests {
     use crate::pipeline::identify::identify;
     use crate::pipeline::test_support::{AGENT, state};
     use crate::policy::Direction;
-    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{
-        HttpRequest, Peer, Request,
-    };
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{Peer, Request};
 
     const PROXY: &str = "spiffe://example.org/gateway/front";
 
@@ -552,5 +619,60 @@ mod tests {
             removed,
             ["x-agent-id", "x-agent_role", "x-meshward-refusal"]
         );
+    }
+
+    #[test]
+    fn mcp_checks_are_parsed_like_the_sidecar_and_need_the_whole_body() {
+        let mut upstream = state().clusters["svc"].as_ref().clone();
+        upstream.service.mcp = Some(meshward_contract::spec::McpSettings::default());
+        let call =
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"delete\u005fx"}}"#;
+        let check = |method: &str, body: &str, headers: &[(&str, &str)]| {
+            let http = HttpRequest {
+                method: method.into(),
+                body: body.into(),
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                ..Default::default()
+            };
+            mcp_messages(&upstream, "/mcp", Some(&http))
+        };
+        let parsed = check("POST", call, &[]).unwrap().expect("a message");
+        assert_eq!(parsed.messages()[0].tool(), Some("delete_x"));
+        assert!(check("GET", "", &[]).unwrap().is_none(), "the SSE stream");
+        assert!(
+            mcp_messages(&upstream, "/other", None).unwrap().is_none(),
+            "not the endpoint"
+        );
+        let refused = |r: Result<Option<crate::mcp::Body>, Refusal>| match r {
+            Err(Refusal::BadRequest(BadRequest::Mcp(e))) => e,
+            other => panic!("not refused: {other:?}"),
+        };
+        assert!(matches!(
+            refused(check("POST", "", &[])),
+            McpError::Unsupported(m) if m.contains("with_request_body")
+        ));
+        assert!(matches!(
+            refused(check(
+                "POST",
+                &call[..20],
+                &[("x-envoy-auth-partial-body", "true")]
+            )),
+            McpError::TooLarge { .. }
+        ));
+        assert!(matches!(
+            refused(check("POST", &call[..20], &[("content-length", "400")])),
+            McpError::TooLarge { .. }
+        ));
+        assert!(matches!(
+            refused(check("POST", call, &[("content-encoding", "gzip")])),
+            McpError::Unsupported(_)
+        ));
+        assert!(matches!(
+            refused(check("POST", &format!("{call} {call}"), &[])),
+            McpError::TrailingData
+        ));
     }
 }

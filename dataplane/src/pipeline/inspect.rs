@@ -39,8 +39,7 @@ pub fn endpoint<'a>(upstream: &'a Upstream, path_and_query: &str) -> Option<&'a 
 }
 
 /// Reads the body of a request to an MCP endpoint, whole and bounded, and
-/// parses it. `None` for a bodiless request that is not a POST (the SSE
-/// stream's GET, the session's DELETE): there is no message to judge.
+/// parses it ([`parse`]).
 pub async fn read(
     settings: &McpSettings,
     method: &Method,
@@ -48,17 +47,11 @@ pub async fn read(
     body: Incoming,
 ) -> Result<(Bytes, Option<Body>), Refusal> {
     let limit = settings.max_message_bytes as usize;
-    let refuse = |e: McpError| Refusal::BadRequest(BadRequest::Mcp(e));
-    if let Some(encoding) = headers.get(header::CONTENT_ENCODING) {
-        let identity = encoding
-            .to_str()
-            .is_ok_and(|e| e.trim().eq_ignore_ascii_case("identity"));
-        if !identity {
-            return Err(refuse(McpError::Unsupported(
-                "a Content-Encoding other than identity".into(),
-            )));
-        }
-    }
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?"));
+    // Refused before the body is read: an encoded body is never judged.
+    check_encoding(encoding)?;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -73,16 +66,55 @@ pub async fn read(
         }
         Err(e) => return Err(BadRequest::Body(e.to_string()).into()),
     };
-    if method != Method::POST {
-        if bytes.is_empty() {
-            return Ok((bytes, None));
+    let parsed = parse(settings, method.as_str(), encoding, &bytes, false)?;
+    Ok((bytes, parsed))
+}
+
+/// Parses the body of a request to an MCP endpoint, the same way for the
+/// sidecar and an ext_authz check. `None` for a bodiless request that is not
+/// a POST (the SSE stream's GET, the session's DELETE): there is no message
+/// to judge. `truncated`: only part of the body is here (an ext_authz check
+/// of a larger body), which is refused like a body over the limit.
+pub fn parse(
+    settings: &McpSettings,
+    method: &str,
+    content_encoding: Option<&str>,
+    body: &[u8],
+    truncated: bool,
+) -> Result<Option<Body>, Refusal> {
+    check_encoding(content_encoding)?;
+    if truncated {
+        return Err(refuse(McpError::TooLarge {
+            limit: settings.max_message_bytes as usize,
+        }));
+    }
+    if method != Method::POST.as_str() {
+        if body.is_empty() {
+            return Ok(None);
         }
         return Err(refuse(McpError::Unsupported(format!(
             "a body on {method} (MCP messages are POSTed)"
         ))));
     }
-    let parsed = mcp::inspect(&bytes, &limits(settings)).map_err(refuse)?;
-    Ok((bytes, Some(parsed)))
+    mcp::inspect(body, &limits(settings))
+        .map(Some)
+        .map_err(refuse)
+}
+
+fn refuse(e: McpError) -> Refusal {
+    Refusal::BadRequest(BadRequest::Mcp(e))
+}
+
+/// A body in an encoding the mesh does not decode is refused, not judged
+/// as opaque bytes the server would decode differently.
+fn check_encoding(encoding: Option<&str>) -> Result<(), Refusal> {
+    match encoding {
+        None => Ok(()),
+        Some(e) if e.trim().eq_ignore_ascii_case("identity") => Ok(()),
+        Some(_) => Err(refuse(McpError::Unsupported(
+            "a Content-Encoding other than identity".into(),
+        ))),
+    }
 }
 
 fn limits(settings: &McpSettings) -> mcp::Limits {
@@ -318,6 +350,38 @@ mod tests {
         assert!(endpoint(&up, "/mcp?session=1").is_some());
         for other in ["/mcp/", "/mcpx", "/MCP", "/other"] {
             assert!(endpoint(&up, other).is_none(), "{other}");
+        }
+    }
+
+    #[test]
+    fn each_message_is_judged_and_a_denied_tool_refuses_the_body() {
+        let id = identify(Ok(AGENT.into()), Some(state()), Direction::Outbound, None).unwrap();
+        let up = id.state.clusters["svc"].clone();
+        let base = json!({"meshward": {"direction": "inbound"}});
+        let limiter = RateLimiter::new();
+        let judge = |text: &str| {
+            judge_messages(
+                &id,
+                &up,
+                Checkpoint::ExtAuthz,
+                &base,
+                &body(text),
+                &limiter,
+                None,
+                "rid",
+            )
+        };
+        let ok = r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"fine"}},
+                     {"jsonrpc":"2.0","method":"notifications/initialized"}]"#;
+        assert_eq!(judge(ok).unwrap().len(), 2);
+        let hidden = r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"fine"}},
+                         {"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"denied\u005ftool"}}]"#;
+        match judge(hidden) {
+            Err(Refusal::JsonRpc { refusal, answer }) => {
+                assert!(matches!(*refusal, Refusal::Forbidden(ref d) if d.reason == "denied tool"));
+                assert!(answer.contains("not executed"), "{answer}");
+            }
+            other => panic!("not refused the JSON-RPC way: {other:?}"),
         }
     }
 }

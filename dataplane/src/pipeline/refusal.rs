@@ -157,6 +157,15 @@ mod grpc_code {
 }
 
 impl Refusal {
+    /// The refusal without its JSON-RPC answer (an ext_authz check answers
+    /// over HTTP: Envoy sends a denial with the status it is given).
+    pub fn into_plain(self) -> Refusal {
+        match self {
+            Refusal::JsonRpc { refusal, .. } => *refusal,
+            other => other,
+        }
+    }
+
     /// The short machine-readable name of the outcome (JSON `error`, metrics label).
     pub fn kind(&self) -> &'static str {
         match self {

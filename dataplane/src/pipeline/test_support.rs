@@ -1,5 +1,6 @@
 //! A small mesh state for the stages' unit tests: one agent, one service
-//! (`svc`) and a bundle that allows everything but `/denied`.
+//! (`svc`) and a bundle that allows everything but `/denied` and the MCP
+//! tool `denied_tool`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -18,6 +19,10 @@ default decision := {"allowed": true}
 
 decision := {"allowed": false, "reason": "denied path"} if {
 	input.attributes.request.http.path == "/denied"
+}
+
+decision := {"allowed": false, "reason": "denied tool"} if {
+	input.meshward.mcp.tool == "denied_tool"
 }
 "#;
 
