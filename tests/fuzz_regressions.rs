@@ -238,6 +238,19 @@ fn cluster() -> Cluster {
             path_parameters: mw::PathAction::Reject as i32,
         }),
         forward_client_cert: mw::ForwardClientCert::SanitizeSet as i32,
+        timeouts: Some(mw::Timeouts {
+            response_ms: 30_000,
+            idle_ms: 300_000,
+            total_ms: 0,
+        }),
+        routes: vec![mw::RouteTimeouts {
+            prefix: "/stream".into(),
+            timeouts: Some(mw::Timeouts {
+                response_ms: 30_000,
+                idle_ms: 3_600_000,
+                total_ms: 7_200_000,
+            }),
+        }],
     };
     Cluster {
         name: "hello-skill".into(),

@@ -12,6 +12,7 @@ mod listeners;
 mod paths;
 mod policy;
 mod service;
+mod timeouts;
 
 pub use agent::Agent;
 pub use endpoint::{Endpoint, endpoints_of, load_assignment};
@@ -20,3 +21,4 @@ pub use listeners::ListenerLimits;
 pub use paths::{ForwardClientCert, PathAction, PathRules};
 pub use policy::{check_policy_bundle, policy_bundle};
 pub use service::Service;
+pub use timeouts::{RouteTimeouts, ServiceTimeouts, Timeouts};

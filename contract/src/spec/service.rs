@@ -12,7 +12,7 @@ use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
 use prost::Message;
 
 use super::encoding::{string_map, with_sorted_string_map};
-use super::{BreakerSettings, ForwardClientCert, PathRules, RateLimitSettings};
+use super::{BreakerSettings, ForwardClientCert, PathRules, RateLimitSettings, ServiceTimeouts};
 use crate::pb::v1 as pb;
 use crate::{rules, type_url};
 
@@ -35,11 +35,14 @@ pub struct Service {
     /// What the inbound dataplane tells the service in
     /// `x-forwarded-client-cert`.
     pub forward_client_cert: ForwardClientCert,
+    /// How long callers wait for it, per path prefix.
+    pub timeouts: ServiceTimeouts,
 }
 
 impl Service {
     /// The CDS resource.
     pub fn to_cluster(&self) -> Cluster {
+        let (timeouts, routes) = self.timeouts.to_wire();
         let message = pb::ServiceMetadata {
             spiffe_id: self.spiffe_id.clone(),
             metadata: Default::default(),
@@ -47,6 +50,8 @@ impl Service {
             per_caller_limits: Some((&self.per_caller_limits).into()),
             paths: Some(self.paths.into()),
             forward_client_cert: self.forward_client_cert.to_wire(),
+            timeouts,
+            routes,
         };
         // ServiceMetadata.metadata is field 2.
         let value = with_sorted_string_map(message.encode_to_vec(), 2, &self.metadata);
@@ -120,6 +125,8 @@ impl Service {
             paths: PathRules::try_from(meta.paths.as_ref()).map_err(|e| format!("metadata {e}"))?,
             forward_client_cert: ForwardClientCert::from_wire(meta.forward_client_cert)
                 .map_err(|e| format!("metadata {e}"))?,
+            timeouts: ServiceTimeouts::from_wire(meta.timeouts.as_ref(), &meta.routes)
+                .map_err(|e| format!("metadata {e}"))?,
         })
     }
 }
@@ -127,7 +134,9 @@ impl Service {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::PathAction;
+    use std::time::Duration;
+
+    use crate::spec::{PathAction, RouteTimeouts, Timeouts};
 
     fn service() -> Service {
         Service {
@@ -147,6 +156,20 @@ mod tests {
                 path_parameters: PathAction::Reject,
             },
             forward_client_cert: ForwardClientCert::SanitizeSet,
+            timeouts: ServiceTimeouts {
+                default: Timeouts {
+                    response: Duration::from_secs(2),
+                    idle: Duration::from_secs(60),
+                    total: Some(Duration::from_secs(600)),
+                },
+                routes: vec![RouteTimeouts {
+                    prefix: "/stream".into(),
+                    timeouts: Timeouts {
+                        idle: Duration::from_secs(3600),
+                        ..Timeouts::default()
+                    },
+                }],
+            },
         }
     }
 
@@ -186,5 +209,14 @@ mod tests {
         };
         let err = Service::from_cluster("s", &bad_rate.to_cluster()).unwrap_err();
         assert!(err.contains("per_caller_limits"), "{err}");
+        // A bad timeout over xDS is a NACK naming the field, never a panic.
+        let mut bad_timeouts = service();
+        bad_timeouts.timeouts.routes[0].timeouts.idle = Duration::ZERO;
+        let err = Service::from_cluster("s", &bad_timeouts.to_cluster()).unwrap_err();
+        assert!(err.contains("routes[0].timeouts.idle"), "{err}");
+        let mut bad_total = service();
+        bad_total.timeouts.default.total = Some(Duration::from_secs(1));
+        let err = Service::from_cluster("s", &bad_total.to_cluster()).unwrap_err();
+        assert!(err.contains("timeouts.total must be at least response"), "{err}");
     }
 }

@@ -7,6 +7,12 @@
 //! breaker hears a failure for a 5xx, a connect error, a timeout or a gRPC
 //! "the server could not" status; the client's own broken body is neither a
 //! success nor a failure ([`BreakerGuard::abandon`]) but a 400.
+//!
+//! The service's timeouts for the request's path apply here
+//! ([`crate::proxy::timed`]): no response headers in time is a refusal
+//! (`upstream_timeout`, 504 / DEADLINE_EXCEEDED) and a breaker failure; a
+//! stream that goes silent or runs past its total is aborted mid-body, and
+//! does not change the breaker (its headers already counted as a success).
 
 use http::{HeaderMap, Request, Response, Uri, Version, header};
 
@@ -14,10 +20,13 @@ use super::admit::Admitted;
 use super::headers;
 use super::refusal::{BadRequest, Refusal, Unavailable};
 use crate::breaker::BreakerGuard;
+use crate::metrics::labels as metric_labels;
 use crate::policy::Direction;
 use crate::proxy::Shared;
 use crate::proxy::body::{self, BodyErrors, ProxyBody, boxed};
 use crate::proxy::guard::GuardedBody;
+use crate::proxy::timed::{self, TimedBody};
+use metrics::SharedString;
 use crate::state::Upstream;
 
 /// A request ready to leave: its head (the path already canonical and its
@@ -39,21 +48,40 @@ pub async fn forward(
     admitted: Admitted,
     request_id: &str,
 ) -> Result<Response<ProxyBody>, Refusal> {
+    let service = &upstream.service.name;
+    let timeouts = *upstream.service.timeouts.for_path(&out.path_and_query);
+    let grpc = out.grpc;
     let (body, client_body) = body::watch_errors(out.body);
+    let (body, activity) = timed::watch_request(body);
     let out = Outgoing { body, ..out };
-    let sent = tokio::time::timeout(
-        shared.request_timeout,
+    let count = TimeoutCount::new(shared, service);
+    let Admitted { permit, breaker } = admitted;
+    let sent = match timed::await_headers(
         send(shared, direction, upstream, out),
+        &activity,
+        &timeouts,
     )
     .await
-    .unwrap_or_else(|_| {
-        Err(Unavailable::Timeout {
-            after: shared.request_timeout,
-            request_id: request_id.to_string(),
-        })
-    });
-    let Admitted { permit, breaker } = admitted;
-    let mut resp = settle(sent, breaker, &client_body, &upstream.service.name)?;
+    {
+        Ok(sent) => sent,
+        Err(expired) => {
+            count.record(expired, request_id);
+            // The upstream was too slow (a gateway error, as Envoy's outlier
+            // detection counts it), unless it was waiting for a client that
+            // stopped sending its body.
+            if matches!(expired, timed::Expired::Idle(_)) && timed::client_was_silent(&activity)
+            {
+                breaker.abandon();
+            } else {
+                breaker.failure();
+            }
+            return Err(Refusal::UpstreamTimeout {
+                service: service.clone(),
+                expired,
+            });
+        }
+    };
+    let mut resp = settle(sent, breaker, &client_body, service)?;
     headers::strip_hop_by_hop(resp.headers_mut());
     if direction == Direction::Inbound {
         // Only the mesh speaks `x-meshward-*`: an app must not be able to
@@ -61,7 +89,38 @@ pub async fn forward(
         headers::strip_mesh_asserted(resp.headers_mut());
     }
     let (parts, body) = resp.into_parts();
+    let request_id = request_id.to_string();
+    let body = TimedBody::wrap(body, activity, &timeouts, grpc, move |expired| {
+        count.record(expired, &request_id);
+    });
     Ok(Response::from_parts(parts, GuardedBody::wrap(body, permit)))
+}
+
+/// `meshward_upstream_timeouts_total` for one exchange, and its log line.
+struct TimeoutCount {
+    dataplane: String,
+    service: SharedString,
+}
+
+impl TimeoutCount {
+    fn new(shared: &Shared, service: &str) -> Self {
+        Self {
+            dataplane: shared.name.clone(),
+            service: metric_labels::service_label(shared.current_state().as_deref(), service),
+        }
+    }
+
+    fn record(&self, expired: timed::Expired, request_id: &str) {
+        tracing::info!(dataplane = %self.dataplane, service = %self.service, request_id,
+            kind = expired.kind(), "upstream timeout: {expired}");
+        metrics::counter!(
+            crate::metrics::UPSTREAM_TIMEOUTS,
+            "dataplane" => self.dataplane.clone(),
+            "service" => self.service.clone(),
+            "kind" => expired.kind(),
+        )
+        .increment(1);
+    }
 }
 
 /// Reports the outcome to the breaker and turns a failed send into the

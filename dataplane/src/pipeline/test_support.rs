@@ -34,6 +34,7 @@ pub fn service() -> spec::Service {
         },
         paths: spec::PathRules::default(),
         forward_client_cert: spec::ForwardClientCert::Sanitize,
+        timeouts: Default::default(),
     }
 }
 

@@ -161,6 +161,7 @@ mod tests {
                 path_parameters: PathAction::Reject,
             },
             forward_client_cert: ForwardClientCert::SanitizeSet,
+            timeouts: Default::default(),
         };
         let cluster = any(type_url::CLUSTER, &service.to_cluster());
         assert_eq!(ClusterHandler::validate("s", &cluster), Ok(service));

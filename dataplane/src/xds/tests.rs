@@ -48,6 +48,7 @@ fn mesh() -> Mesh {
             per_caller_limits: RateLimitSettings::default(),
             paths: Default::default(),
             forward_client_cert: Default::default(),
+            timeouts: Default::default(),
         },
         endpoints: vec!["127.0.0.1:7001".into()],
         backend: None,
