@@ -298,6 +298,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn path_prefixes_are_canonical() {
+        for ok in ["/", "/stream", "/stream/", "/a/b%20c", "/v1.2/x", "/a/.well"] {
+            assert_eq!(path_prefix(ok), Ok(()), "{ok}");
+        }
+        for (bad, why) in [
+            ("stream", "start with '/'"),
+            ("/a?b", "a path only"),
+            ("/a#b", "a path only"),
+            ("/a;b", "';'"),
+            ("/a\\b", "backslash"),
+            ("/a b", "space"),
+            ("/a//b", "'//'"),
+            ("/a/./b", "dot segment"),
+            ("/a/..", "dot segment"),
+            ("/%61", "unreserved"),
+            ("/%2f", "upper-case"),
+            ("/%2F", "refused"),
+            ("/%4", "malformed"),
+        ] {
+            let err = path_prefix(bad).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn trust_domains() {
         assert!(trust_domain("example.org").is_ok());
         assert!(trust_domain("prod_eu-1.example").is_ok());
@@ -414,30 +439,5 @@ mod spiffe_crate_agreement {
         assert!(spiffe::SpiffeId::new("SPIFFE://example.org/a").is_ok());
         assert!(spiffe_id("SPIFFE://example.org/a", None).is_err());
         assert!(spiffe_id("spiffe://Example.org/a", None).is_err());
-    }
-
-    #[test]
-    fn path_prefixes_are_canonical() {
-        for ok in ["/", "/stream", "/stream/", "/a/b%20c", "/v1.2/x", "/a/.well"] {
-            assert_eq!(path_prefix(ok), Ok(()), "{ok}");
-        }
-        for (bad, why) in [
-            ("stream", "start with '/'"),
-            ("/a?b", "a path only"),
-            ("/a#b", "a path only"),
-            ("/a;b", "';'"),
-            ("/a\\b", "backslash"),
-            ("/a b", "space"),
-            ("/a//b", "'//'"),
-            ("/a/./b", "dot segment"),
-            ("/a/..", "dot segment"),
-            ("/%61", "unreserved"),
-            ("/%2f", "upper-case"),
-            ("/%2F", "refused"),
-            ("/%4", "malformed"),
-        ] {
-            let err = path_prefix(bad).unwrap_err();
-            assert!(err.contains(why), "{bad}: {err}");
-        }
     }
 }

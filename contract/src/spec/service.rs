@@ -211,7 +211,7 @@ mod tests {
         assert!(err.contains("per_caller_limits"), "{err}");
         // A bad timeout over xDS is a NACK naming the field, never a panic.
         let mut bad_timeouts = service();
-        bad_timeouts.timeouts.routes[0].timeouts.idle = Duration::ZERO;
+        bad_timeouts.timeouts.routes[0].timeouts.idle = Duration::from_millis(500);
         let err = Service::from_cluster("s", &bad_timeouts.to_cluster()).unwrap_err();
         assert!(err.contains("routes[0].timeouts.idle"), "{err}");
         let mut bad_total = service();

@@ -116,6 +116,8 @@ fn show(d: Duration) -> String {
     let ms = d.as_millis();
     if d.subsec_nanos() % 1_000_000 != 0 {
         format!("{d:?}")
+    } else if ms == 0 {
+        "0s".to_string()
     } else if ms % 3_600_000 == 0 {
         format!("{}h", ms / 3_600_000)
     } else if ms % 60_000 == 0 {

@@ -449,7 +449,7 @@ pub fn outbound_routes(mesh: &Mesh) -> RouteConfiguration {
 /// (`/mcp://<service>/x` is sent as `/x`).
 fn timed_routes(timeouts: &ServiceTimeouts, at: &str, cluster: &str, strip: bool) -> Vec<Route> {
     let mut prefixed: Vec<&RouteTimeouts> = timeouts.routes.iter().collect();
-    prefixed.sort_by(|a, b| b.prefix.len().cmp(&a.prefix.len()));
+    prefixed.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
     prefixed
         .into_iter()
         .map(|r| (r.prefix.as_str(), &r.timeouts))
