@@ -41,7 +41,7 @@ type Body = BoxBody<Bytes, Infallible>;
 fn streamed(rx: mpsc::Receiver<Bytes>) -> Body {
     use futures::StreamExt;
     let frames = tokio_stream::wrappers::ReceiverStream::new(rx).map(|b| Ok(Frame::data(b)));
-    StreamBody::new(frames).boxed()
+    BodyExt::boxed(StreamBody::new(frames))
 }
 
 async fn backend(req: Request<Incoming>, signals: Arc<Signals>) -> Result<Response<Body>, Infallible> {
@@ -142,8 +142,12 @@ fn get(mesh: &TestMesh, path: &str) -> Request<http_body_util::Full<Bytes>> {
 /// over the agent's and the skill's dataplanes.
 async fn timeouts_counted(mesh: &TestMesh, kind: &str) -> f64 {
     let mut sum = 0.0;
-    for dataplane in ["support-triage", "hello-skill"] {
-        let (_, text) = net::admin(&mesh.admin(dataplane), "/metrics").await;
+    // `meshward up` names a service's dataplane `<service>-inbound`.
+    for (admin, dataplane) in [
+        ("support-triage", "support-triage"),
+        ("hello-skill", "hello-skill-inbound"),
+    ] {
+        let (_, text) = net::admin(&mesh.admin(admin), "/metrics").await;
         sum += net::metric(
             &text,
             "meshward_upstream_timeouts_total",
@@ -207,8 +211,10 @@ async fn a_stream_that_keeps_sending_outlives_response_and_arrives_incrementally
             received.push_str(std::str::from_utf8(data).unwrap());
         }
     }
+    // Complete, and `last` proves the client had the first chunk before the
+    // backend sent it. (No metric check: the recorder is shared with the
+    // other tests of this binary, which time out on purpose.)
     assert_eq!(received, "0,1,2,3,4,5,last");
-    assert_eq!(timeouts_counted(&mesh, "idle").await, 0.0);
     mesh.shutdown().await;
 }
 
@@ -239,7 +245,15 @@ async fn a_stream_silent_beyond_idle_is_aborted_and_counted() {
     );
     let counted = common::wait::poll(BOUND, "the idle timeout is counted", || async {
         let n = timeouts_counted(&mesh, "idle").await;
-        if n >= 1.0 { Ok(n) } else { Err(format!("{n}")) }
+        if n >= 1.0 {
+            return Ok(n);
+        }
+        let (_, text) = net::admin(&mesh.admin("hello-skill"), "/metrics").await;
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("upstream_timeouts") || l.contains("requests_total"))
+            .collect();
+        Err(format!("{n}; {lines:#?}"))
     })
     .await;
     assert!(counted >= 1.0);
