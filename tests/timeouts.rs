@@ -44,7 +44,10 @@ fn streamed(rx: mpsc::Receiver<Bytes>) -> Body {
     BodyExt::boxed(StreamBody::new(frames))
 }
 
-async fn backend(req: Request<Incoming>, signals: Arc<Signals>) -> Result<Response<Body>, Infallible> {
+async fn backend(
+    req: Request<Incoming>,
+    signals: Arc<Signals>,
+) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_string();
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     if path.ends_with("/headers-after-1s") {
@@ -65,12 +68,11 @@ async fn backend(req: Request<Incoming>, signals: Arc<Signals>) -> Result<Respon
                 }
                 // The last chunk only once the client has the first: a
                 // proxy that buffered would make this wait run out.
-                let last = match tokio::time::timeout(BOUND, signals.first_chunk_seen.notified())
-                    .await
-                {
-                    Ok(()) => "last",
-                    Err(_) => "buffered",
-                };
+                let last =
+                    match tokio::time::timeout(BOUND, signals.first_chunk_seen.notified()).await {
+                        Ok(()) => "last",
+                        Err(_) => "buffered",
+                    };
                 let _ = tx.send(Bytes::from_static(last.as_bytes())).await;
             });
         }
@@ -151,7 +153,11 @@ async fn timeouts_counted(mesh: &TestMesh, kind: &str) -> f64 {
         sum += net::metric(
             &text,
             "meshward_upstream_timeouts_total",
-            &[("dataplane", dataplane), ("service", "hello-skill"), ("kind", kind)],
+            &[
+                ("dataplane", dataplane),
+                ("service", "hello-skill"),
+                ("kind", kind),
+            ],
         );
     }
     sum
@@ -161,9 +167,17 @@ async fn timeouts_counted(mesh: &TestMesh, kind: &str) -> f64 {
 async fn response_timeout_is_a_504_refusal_and_a_route_prefix_overrides_it() {
     let mesh = mesh_with_backend(Arc::default()).await;
 
-    let r = tokio::time::timeout(BOUND, mesh.call("support-triage", "GET", "/mcp://hello-skill/headers-after-1s", ""))
-        .await
-        .expect("answered");
+    let r = tokio::time::timeout(
+        BOUND,
+        mesh.call(
+            "support-triage",
+            "GET",
+            "/mcp://hello-skill/headers-after-1s",
+            "",
+        ),
+    )
+    .await
+    .expect("answered");
     assert_eq!(r.status, 504, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.headers["x-meshward-refusal"], "upstream_timeout");
     assert_eq!(r.json()["error"], "upstream_timeout");
@@ -175,15 +189,31 @@ async fn response_timeout_is_a_504_refusal_and_a_route_prefix_overrides_it() {
     assert!(timeouts_counted(&mesh, "response").await >= 1.0);
 
     // Under `/long/` the route's 3s applies; its other limits are inherited.
-    let r = tokio::time::timeout(BOUND, mesh.call("support-triage", "GET", "/mcp://hello-skill/long/headers-after-1s", ""))
-        .await
-        .expect("answered");
+    let r = tokio::time::timeout(
+        BOUND,
+        mesh.call(
+            "support-triage",
+            "GET",
+            "/mcp://hello-skill/long/headers-after-1s",
+            "",
+        ),
+    )
+    .await
+    .expect("answered");
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.body, "late headers");
     // `/longer` is not under `/long/`.
-    let r = tokio::time::timeout(BOUND, mesh.call("support-triage", "GET", "/mcp://hello-skill/longer/headers-after-1s", ""))
-        .await
-        .expect("answered");
+    let r = tokio::time::timeout(
+        BOUND,
+        mesh.call(
+            "support-triage",
+            "GET",
+            "/mcp://hello-skill/longer/headers-after-1s",
+            "",
+        ),
+    )
+    .await
+    .expect("answered");
     assert_eq!(r.status, 504);
     mesh.shutdown().await;
 }
@@ -230,13 +260,19 @@ async fn a_stream_silent_beyond_idle_is_aborted_and_counted() {
     let started = std::time::Instant::now();
     let mut received = Vec::new();
     let outcome = loop {
-        match tokio::time::timeout(BOUND, body.frame()).await.expect("ends in time") {
+        match tokio::time::timeout(BOUND, body.frame())
+            .await
+            .expect("ends in time")
+        {
             Some(Ok(frame)) => received.extend_from_slice(frame.data_ref().map_or(&[][..], |d| d)),
             Some(Err(e)) => break Err(e),
             None => break Ok(()),
         }
     };
-    assert!(outcome.is_err(), "the client sees an incomplete body, not a clean end");
+    assert!(
+        outcome.is_err(),
+        "the client sees an incomplete body, not a clean end"
+    );
     assert_eq!(received, b"first");
     assert!(
         started.elapsed() < Duration::from_secs(4),

@@ -243,7 +243,12 @@ pub fn path_prefix(prefix: &str) -> Result<(), String> {
     while i < bytes.len() {
         let b = bytes[i];
         match b {
-            b'?' | b'#' => return Err(format!("{prefix:?} holds {:?}: a prefix is a path only", b as char)),
+            b'?' | b'#' => {
+                return Err(format!(
+                    "{prefix:?} holds {:?}: a prefix is a path only",
+                    b as char
+                ));
+            }
             b';' => return Err(format!("{prefix:?} holds a ';' path parameter")),
             b'\\' => return Err(format!("{prefix:?} holds a backslash")),
             b'%' => {
@@ -284,11 +289,15 @@ pub fn path_prefix(prefix: &str) -> Result<(), String> {
     // one (`/str` matches `/stream`), but `.` and `..` never survive.
     for segment in prefix[1..].split('/') {
         if segment == "." || segment == ".." {
-            return Err(format!("{prefix:?} holds a dot segment, which canonical paths never do"));
+            return Err(format!(
+                "{prefix:?} holds a dot segment, which canonical paths never do"
+            ));
         }
     }
     if prefix.contains("//") {
-        return Err(format!("{prefix:?} holds an empty segment ('//'), which canonical paths never do"));
+        return Err(format!(
+            "{prefix:?} holds an empty segment ('//'), which canonical paths never do"
+        ));
     }
     Ok(())
 }
@@ -299,7 +308,9 @@ mod tests {
 
     #[test]
     fn path_prefixes_are_canonical() {
-        for ok in ["/", "/stream", "/stream/", "/a/b%20c", "/v1.2/x", "/a/.well"] {
+        for ok in [
+            "/", "/stream", "/stream/", "/a/b%20c", "/v1.2/x", "/a/.well",
+        ] {
             assert_eq!(path_prefix(ok), Ok(()), "{ok}");
         }
         for (bad, why) in [

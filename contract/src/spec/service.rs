@@ -217,6 +217,9 @@ mod tests {
         let mut bad_total = service();
         bad_total.timeouts.default.total = Some(Duration::from_secs(1));
         let err = Service::from_cluster("s", &bad_total.to_cluster()).unwrap_err();
-        assert!(err.contains("timeouts.total must be at least response"), "{err}");
+        assert!(
+            err.contains("timeouts.total must be at least response"),
+            "{err}"
+        );
     }
 }

@@ -389,7 +389,11 @@ mod tests {
                 "routes[3].timeouts.idle"
             ]
         );
-        assert!(problems[1].1.contains("duplicate prefix \"/stream\" (routes[0])"));
+        assert!(
+            problems[1]
+                .1
+                .contains("duplicate prefix \"/stream\" (routes[0])")
+        );
     }
 
     #[test]
@@ -403,7 +407,11 @@ mod tests {
         assert_eq!(t.for_path("/ab").idle, secs(10), "a plain string prefix");
         assert_eq!(t.for_path("/a/b").idle, secs(30));
         assert_eq!(t.for_path("/a/b/c?x=/q").idle, secs(20));
-        assert_eq!(t.for_path("/x?/a/b").idle, secs(300), "the query is no path");
+        assert_eq!(
+            t.for_path("/x?/a/b").idle,
+            secs(300),
+            "the query is no path"
+        );
     }
 
     #[test]

@@ -941,7 +941,10 @@ fn timeouts_default_parse_and_routes_inherit_what_they_omit() {
             },
         ]
     );
-    assert_eq!(t.for_path("/stream/fast/x").response, Duration::from_millis(500));
+    assert_eq!(
+        t.for_path("/stream/fast/x").response,
+        Duration::from_millis(500)
+    );
     assert_eq!(t.for_path("/streams").idle, secs(600));
     assert_eq!(t.for_path("/other").idle, secs(60));
     // What the control plane sends is what a dataplane ACKs.

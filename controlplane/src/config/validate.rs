@@ -799,7 +799,11 @@ impl Checker<'_> {
             // `total < response` with only `response` written is still
             // reported at `total`, where the inherited value came from.
             let line = lines.get(key).copied().unwrap_or(fields.line);
-            self.error(line, &join(field, key), format!("of service {service} {why}"));
+            self.error(
+                line,
+                &join(field, key),
+                format!("of service {service} {why}"),
+            );
         }
         if problems.is_empty() { timeouts } else { base }
     }

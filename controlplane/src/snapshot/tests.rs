@@ -447,7 +447,9 @@ mod envoy_nodes {
     }
 
     /// `(prefix, rewrite, timeout, idle_timeout)` of each route, in order.
-    fn timed(routes: &[envoy_types::pb::envoy::config::route::v3::Route]) -> Vec<(String, String, i64, i64)> {
+    fn timed(
+        routes: &[envoy_types::pb::envoy::config::route::v3::Route],
+    ) -> Vec<(String, String, i64, i64)> {
         routes
             .iter()
             .map(|r| {

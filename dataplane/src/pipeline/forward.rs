@@ -26,8 +26,8 @@ use crate::proxy::Shared;
 use crate::proxy::body::{self, BodyErrors, ProxyBody, boxed};
 use crate::proxy::guard::GuardedBody;
 use crate::proxy::timed::{self, TimedBody};
-use metrics::SharedString;
 use crate::state::Upstream;
+use metrics::SharedString;
 
 /// A request ready to leave: its head (the path already canonical and its
 /// headers sanitized and authorized) and body.
@@ -56,31 +56,28 @@ pub async fn forward(
     let out = Outgoing { body, ..out };
     let count = TimeoutCount::new(shared, service);
     let Admitted { permit, breaker } = admitted;
-    let sent = match timed::await_headers(
-        send(shared, direction, upstream, out),
-        &activity,
-        &timeouts,
-    )
-    .await
-    {
-        Ok(sent) => sent,
-        Err(expired) => {
-            count.record(expired, request_id);
-            // The upstream was too slow (a gateway error, as Envoy's outlier
-            // detection counts it), unless it was waiting for a client that
-            // stopped sending its body.
-            if matches!(expired, timed::Expired::Idle(_)) && timed::client_was_silent(&activity)
-            {
-                breaker.abandon();
-            } else {
-                breaker.failure();
+    let sent =
+        match timed::await_headers(send(shared, direction, upstream, out), &activity, &timeouts)
+            .await
+        {
+            Ok(sent) => sent,
+            Err(expired) => {
+                count.record(expired, request_id);
+                // The upstream was too slow (a gateway error, as Envoy's outlier
+                // detection counts it), unless it was waiting for a client that
+                // stopped sending its body.
+                if matches!(expired, timed::Expired::Idle(_)) && timed::client_was_silent(&activity)
+                {
+                    breaker.abandon();
+                } else {
+                    breaker.failure();
+                }
+                return Err(Refusal::UpstreamTimeout {
+                    service: service.clone(),
+                    expired,
+                });
             }
-            return Err(Refusal::UpstreamTimeout {
-                service: service.clone(),
-                expired,
-            });
-        }
-    };
+        };
     let mut resp = settle(sent, breaker, &client_body, service)?;
     headers::strip_hop_by_hop(resp.headers_mut());
     if direction == Direction::Inbound {

@@ -189,8 +189,14 @@ pub async fn await_headers<F: Future>(
         // Before reading the state, so an end in between still wakes us.
         let ending = activity.ended_notify.notified();
         let (mut deadline, mut expired) = match activity.ended() {
-            Some(end) => (end + timeouts.response, Expired::Response(timeouts.response)),
-            None => (activity.last() + timeouts.idle, Expired::Idle(timeouts.idle)),
+            Some(end) => (
+                end + timeouts.response,
+                Expired::Response(timeouts.response),
+            ),
+            None => (
+                activity.last() + timeouts.idle,
+                Expired::Idle(timeouts.idle),
+            ),
         };
         if let (Some(total), Some(limit)) = (total_at, timeouts.total)
             && total <= deadline
@@ -390,7 +396,8 @@ mod tests {
         let (tx, inner) = channel_body();
         let (_, activity) = watch_request(super::super::body::full(""));
         let (seen, on_expiry) = expiries();
-        let mut body = TimedBody::wrap(inner, activity, &timeouts(10, 1000, None), false, on_expiry);
+        let mut body =
+            TimedBody::wrap(inner, activity, &timeouts(10, 1000, None), false, on_expiry);
         tokio::spawn(async move {
             for _ in 0..20 {
                 tokio::time::sleep(ms(600)).await;
@@ -411,7 +418,8 @@ mod tests {
         let (tx, inner) = channel_body();
         let (_, activity) = watch_request(super::super::body::full(""));
         let (seen, on_expiry) = expiries();
-        let mut body = TimedBody::wrap(inner, activity, &timeouts(10, 1000, None), false, on_expiry);
+        let mut body =
+            TimedBody::wrap(inner, activity, &timeouts(10, 1000, None), false, on_expiry);
         tx.send(data("first")).await.unwrap();
         assert!(body.frame().await.unwrap().is_ok());
         let started = Instant::now();
@@ -429,7 +437,8 @@ mod tests {
         let (mut req, activity) = watch_request(req);
         let (_tx, inner) = channel_body();
         let (seen, on_expiry) = expiries();
-        let mut body = TimedBody::wrap(inner, activity, &timeouts(10, 1000, None), false, on_expiry);
+        let mut body =
+            TimedBody::wrap(inner, activity, &timeouts(10, 1000, None), false, on_expiry);
         // The client uploads every 600ms for 3s while the response is silent.
         let upload = tokio::spawn(async move {
             for _ in 0..5 {

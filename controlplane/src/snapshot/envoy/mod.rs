@@ -547,9 +547,7 @@ pub fn inbound_routes(mesh: &Mesh, service: &str, authorized: bool) -> RouteConf
                 .services
                 .get(service)
                 .map(|s| timed_routes(&s.spec.timeouts, "", LOCAL_APP, false))
-                .unwrap_or_else(|| {
-                    timed_routes(&ServiceTimeouts::default(), "", LOCAL_APP, false)
-                }),
+                .unwrap_or_else(|| timed_routes(&ServiceTimeouts::default(), "", LOCAL_APP, false)),
             request_headers_to_remove: remove,
             request_headers_to_add: vec![set_caller],
             typed_per_filter_config: [(
