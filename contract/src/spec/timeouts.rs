@@ -66,7 +66,7 @@ impl Timeouts {
                     show(max),
                     show(d)
                 ))
-            } else if d.subsec_nanos() % 1_000_000 != 0 {
+            } else if !d.subsec_nanos().is_multiple_of(1_000_000) {
                 Some(format!(
                     "must be a whole number of milliseconds, found {d:?}"
                 ))
@@ -114,15 +114,15 @@ impl Timeouts {
 /// A duration as `mesh.yaml` would write it (`30s`, `5m`, `250ms`).
 fn show(d: Duration) -> String {
     let ms = d.as_millis();
-    if d.subsec_nanos() % 1_000_000 != 0 {
+    if !d.subsec_nanos().is_multiple_of(1_000_000) {
         format!("{d:?}")
     } else if ms == 0 {
         "0s".to_string()
-    } else if ms % 3_600_000 == 0 {
+    } else if ms.is_multiple_of(3_600_000) {
         format!("{}h", ms / 3_600_000)
-    } else if ms % 60_000 == 0 {
+    } else if ms.is_multiple_of(60_000) {
         format!("{}m", ms / 60_000)
-    } else if ms % 1000 == 0 {
+    } else if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{ms}ms")
