@@ -63,19 +63,8 @@ pub async fn forward(
             Ok(sent) => sent,
             Err(expired) => {
                 count.record(expired, request_id);
-                // The upstream was too slow (a gateway error, as Envoy's outlier
-                // detection counts it), unless it was waiting for a client that
-                // stopped sending its body.
-                if matches!(expired, timed::Expired::Idle(_)) && timed::client_was_silent(&activity)
-                {
-                    breaker.abandon();
-                } else {
-                    breaker.failure();
-                }
-                return Err(Refusal::UpstreamTimeout {
-                    service: service.clone(),
-                    expired,
-                });
+                let client_silent = timed::client_was_silent(&activity);
+                return Err(settle_expired(expired, client_silent, breaker, service));
             }
         };
     let mut resp = settle(sent, breaker, &client_body, service)?;
@@ -150,6 +139,27 @@ fn settle(
                 reason,
             })
         }
+    }
+}
+
+/// Reports a timeout before the response headers to the breaker: a failure
+/// (the upstream did not answer: a gateway error, as Envoy's outlier
+/// detection counts a 504), unless it was `idle` while the client had
+/// stopped sending its body, the client's silence and not the upstream's.
+fn settle_expired(
+    expired: timed::Expired,
+    client_silent: bool,
+    breaker: BreakerGuard,
+    service: &str,
+) -> Refusal {
+    if matches!(expired, timed::Expired::Idle(_)) && client_silent {
+        breaker.abandon();
+    } else {
+        breaker.failure();
+    }
+    Refusal::UpstreamTimeout {
+        service: service.to_string(),
+        expired,
     }
 }
 
@@ -311,6 +321,28 @@ mod tests {
         {
             std::task::Poll::Ready(Some(Err(std::io::Error::other("bad chunk"))))
         }
+    }
+
+    #[test]
+    fn timeouts_before_the_headers_fail_the_breaker_unless_the_client_went_silent() {
+        use crate::proxy::timed::Expired;
+        let five = |expired: Expired, client_silent: bool| {
+            let breakers = Breakers::new();
+            let settings = BreakerSettings::default();
+            for _ in 0..5 {
+                let guard = breakers.acquire("a", "s", &settings).unwrap();
+                let refusal = settle_expired(expired, client_silent, guard, "s");
+                assert_eq!(refusal.kind(), "upstream_timeout");
+            }
+            breakers.state("a", "s")
+        };
+        let d = std::time::Duration::from_secs(1);
+        assert_eq!(five(Expired::Response(d), false), BreakerState::Open);
+        assert_eq!(five(Expired::Total(d), false), BreakerState::Open);
+        assert_eq!(five(Expired::Idle(d), false), BreakerState::Open);
+        assert_eq!(five(Expired::Idle(d), true), BreakerState::Closed);
+        // A response timeout is the upstream's even while the client idles.
+        assert_eq!(five(Expired::Response(d), true), BreakerState::Open);
     }
 
     #[test]
