@@ -9,7 +9,8 @@
 //!   waits for the test to have seen the first chunk before it sends the
 //!   last: it completes, delivered incrementally;
 //! - `/silent` sends one chunk and goes quiet: the stream is aborted after
-//!   `idle` and `meshward_upstream_timeouts_total{kind="idle"}` counts it.
+//!   `idle` and `meshward_upstream_timeouts_total{kind="idle"}` counts it;
+//!   the gRPC `/demo.Stream/Silent` ends with `grpc-status: 4` instead.
 
 mod common;
 
@@ -22,7 +23,7 @@ use common::{TestMesh, net};
 use http::{Request, Response};
 use http_body_util::{BodyExt, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, mpsc};
 
@@ -57,6 +58,20 @@ async fn backend(
         ));
     }
     match path.as_str() {
+        "/demo.Stream/Silent" => {
+            // One gRPC message (empty), then quiet past `idle`.
+            tokio::spawn(async move {
+                let _ = tx.send(Bytes::from_static(&[0, 0, 0, 0, 0])).await;
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let _ = tx.send(Bytes::from_static(&[0, 0, 0, 0, 0])).await;
+            });
+            let mut resp = Response::new(streamed(rx));
+            resp.headers_mut().insert(
+                "content-type",
+                http::HeaderValue::from_static("application/grpc"),
+            );
+            return Ok(resp);
+        }
         "/stream" => {
             tokio::spawn(async move {
                 // 6 x 200ms: well past `response`, never `idle` apart.
@@ -102,7 +117,8 @@ async fn start_backend(signals: Arc<Signals>) -> String {
             let signals = signals.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| backend(req, signals.clone()));
-                let _ = hyper::server::conn::http1::Builder::new()
+                // HTTP/1.1, and h2c for gRPC (what the inbound side speaks).
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(tcp), service)
                     .await;
             });
@@ -293,5 +309,44 @@ async fn a_stream_silent_beyond_idle_is_aborted_and_counted() {
     })
     .await;
     assert!(counted >= 1.0);
+    mesh.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_grpc_stream_ends_with_deadline_exceeded() {
+    let mesh = mesh_with_backend(Arc::default()).await;
+    let req = Request::post(format!(
+        "http://{}/mcp://hello-skill/demo.Stream/Silent",
+        mesh.outbound("support-triage")
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(http_body_util::Full::new(Bytes::from_static(&[
+        0, 0, 0, 0, 0,
+    ])))
+    .unwrap();
+    let resp = tokio::time::timeout(BOUND, mesh.h2c.request(req))
+        .await
+        .expect("headers in time")
+        .expect("sidecar answers");
+    assert_eq!(resp.status(), 200);
+    let started = std::time::Instant::now();
+    let mut body = resp.into_body();
+    let trailers = loop {
+        match tokio::time::timeout(BOUND, body.frame())
+            .await
+            .expect("ends in time")
+        {
+            Some(Ok(frame)) if frame.is_trailers() => break frame.into_trailers().unwrap(),
+            Some(Ok(_)) => {}
+            other => panic!("expected trailers, got {other:?}"),
+        }
+    };
+    assert_eq!(trailers["grpc-status"], "4", "{trailers:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
     mesh.shutdown().await;
 }

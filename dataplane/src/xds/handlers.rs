@@ -174,8 +174,8 @@ mod tests {
             prefix: "/a//b".into(),
             timeouts: Default::default(),
         });
-        let err = ClusterHandler::validate("s", &any(type_url::CLUSTER, &bad.to_cluster()))
-            .unwrap_err();
+        let err =
+            ClusterHandler::validate("s", &any(type_url::CLUSTER, &bad.to_cluster())).unwrap_err();
         assert!(err.contains("timeouts.response must be between"), "{err}");
         assert!(err.contains("routes[0].prefix"), "{err}");
 
