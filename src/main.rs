@@ -410,7 +410,6 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 inbound: bind(inbound).await?,
                 admin: bind(Some(admin)).await?,
                 local_upstream,
-                request_timeout: Duration::from_secs(30),
                 metrics: telemetry::prometheus(),
                 ext_authz: ext_authz.listener().await?,
                 rate_limit: match rate_limit {

@@ -298,7 +298,6 @@ impl Up {
                     inbound: Some(inbound),
                     admin: Some(admin),
                     local_upstream: Some(backend),
-                    request_timeout: Duration::from_secs(30),
                     metrics: metrics.clone(),
                     ext_authz: None,
                     rate_limit: None,
@@ -329,7 +328,6 @@ impl Up {
                     inbound: None,
                     admin: Some(admin),
                     local_upstream: None,
-                    request_timeout: Duration::from_secs(30),
                     metrics: metrics.clone(),
                     ext_authz: None,
                     rate_limit: None,
@@ -382,7 +380,6 @@ impl Up {
                     inbound: None,
                     admin: Some(admin),
                     local_upstream: None,
-                    request_timeout: Duration::from_secs(30),
                     metrics: metrics.clone(),
                     ext_authz: ext_authz.map(|(endpoint, _)| ExtAuthzListener {
                         endpoint,

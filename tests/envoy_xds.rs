@@ -49,6 +49,10 @@ fn add_envoy_members(yaml: &mut String, skill_inbound: &str) {
     spiffe_id: {ENVOY_SKILL}
     endpoints: [\"{skill_inbound}\"]
     metadata: {{ team: platform, environment: production, data_classification: public }}
+    timeouts: {{ idle: 42s, total: 1h }}
+    routes:
+      - prefix: /stream/
+        timeouts: {{ idle: 43s }}
 "
     ));
 }
@@ -151,7 +155,31 @@ async fn scenario(delta: bool) {
             !text.contains("meshward.v1."),
             "a Meshward type reached Envoy"
         );
+        // Envoy took the services' timeouts: route `timeout` is `total`
+        // (0s: none, streams live), `idle_timeout` is `idle`, and the
+        // `/stream/` route comes first with its own. (serde_json sorts keys.)
+        for (route, what) in [
+            (
+                r#""routes":[{"match":{"prefix":"/stream/"}"#,
+                "the /stream/ route first",
+            ),
+            (
+                r#""idle_timeout":"43s","timeout":"3600s""#,
+                "the /stream/ route's timeouts",
+            ),
+            (
+                r#""idle_timeout":"42s","timeout":"3600s""#,
+                "envoy-skill's timeouts",
+            ),
+        ] {
+            assert!(text.contains(route), "{listener}: {what} missing");
+        }
     }
+    let dump = agent.admin_get("/config_dump").await.json().to_string();
+    assert!(
+        dump.contains(r#""idle_timeout":"300s","timeout":"0s""#),
+        "hello-skill's default timeouts missing"
+    );
 
     // Envoy -> Meshward dataplane: routed by the /mcp:// prefix (stripped)
     // and by Host; the dataplane verified Envoy's SVID and says who called.

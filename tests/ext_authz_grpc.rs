@@ -250,7 +250,6 @@ async fn authorizer(
         inbound: None,
         admin: None,
         local_upstream: None,
-        request_timeout: Duration::from_secs(10),
         metrics: None,
         ext_authz: Some(ext_authz),
         rate_limit,

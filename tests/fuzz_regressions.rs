@@ -239,6 +239,19 @@ fn cluster() -> Cluster {
         }),
         forward_client_cert: mw::ForwardClientCert::SanitizeSet as i32,
         mcp: None,
+        timeouts: Some(mw::Timeouts {
+            response_ms: 30_000,
+            idle_ms: 300_000,
+            total_ms: 0,
+        }),
+        routes: vec![mw::RouteTimeouts {
+            prefix: "/stream".into(),
+            timeouts: Some(mw::Timeouts {
+                response_ms: 30_000,
+                idle_ms: 3_600_000,
+                total_ms: 7_200_000,
+            }),
+        }],
     };
     Cluster {
         name: "hello-skill".into(),

@@ -224,9 +224,114 @@ pub fn decision_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A path prefix that a canonical request path can start with (a route's
+/// `prefix`): `/` first, then only what the dataplane's canonicalizer leaves
+/// in a path, so a prefix that could never match is refused instead of
+/// silently ignored. No query, fragment, `;` parameter, `\`, space or
+/// control character, empty (`//`) or dot (`.`, `..`) segment; escapes are
+/// `%XX` with upper-case hex, not of an unreserved character (those are
+/// decoded) nor of `/`, `\` or NUL (refused).
+pub fn path_prefix(prefix: &str) -> Result<(), String> {
+    if !prefix.starts_with('/') {
+        return Err(format!("must start with '/', found {prefix:?}"));
+    }
+    if prefix.len() > 1024 {
+        return Err("must be at most 1024 bytes".into());
+    }
+    let bytes = prefix.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match b {
+            b'?' | b'#' => {
+                return Err(format!(
+                    "{prefix:?} holds {:?}: a prefix is a path only",
+                    b as char
+                ));
+            }
+            b';' => return Err(format!("{prefix:?} holds a ';' path parameter")),
+            b'\\' => return Err(format!("{prefix:?} holds a backslash")),
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3).unwrap_or_default();
+                let upper = |h: u8| h.is_ascii_digit() || (b'A'..=b'F').contains(&h);
+                if hex.len() != 2 || !hex.iter().all(|h| upper(*h)) {
+                    return Err(format!(
+                        "{prefix:?}: malformed escape at byte {i} (canonical escapes are %XX, upper-case hex)"
+                    ));
+                }
+                let decoded = u8::from_str_radix(&prefix[i + 1..i + 3], 16).unwrap_or_default();
+                if decoded.is_ascii_alphanumeric() || matches!(decoded, b'-' | b'.' | b'_' | b'~') {
+                    return Err(format!(
+                        "{prefix:?}: %{} is the unreserved {:?}, which canonical paths hold decoded",
+                        &prefix[i + 1..i + 3],
+                        decoded as char
+                    ));
+                }
+                if matches!(decoded, b'/' | b'\\' | 0) {
+                    return Err(format!(
+                        "{prefix:?}: %{} is refused in request paths, so it cannot match",
+                        &prefix[i + 1..i + 3]
+                    ));
+                }
+                i += 3;
+                continue;
+            }
+            b if !(0x21..=0x7e).contains(&b) => {
+                return Err(format!(
+                    "{prefix:?} holds a space, control or non-ASCII byte (percent-encode it)"
+                ));
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    // Every segment but the last is complete; the last may be a partial
+    // one (`/str` matches `/stream`), but `.` and `..` never survive.
+    for segment in prefix[1..].split('/') {
+        if segment == "." || segment == ".." {
+            return Err(format!(
+                "{prefix:?} holds a dot segment, which canonical paths never do"
+            ));
+        }
+    }
+    if prefix.contains("//") {
+        return Err(format!(
+            "{prefix:?} holds an empty segment ('//'), which canonical paths never do"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn path_prefixes_are_canonical() {
+        for ok in [
+            "/", "/stream", "/stream/", "/a/b%20c", "/v1.2/x", "/a/.well",
+        ] {
+            assert_eq!(path_prefix(ok), Ok(()), "{ok}");
+        }
+        for (bad, why) in [
+            ("stream", "start with '/'"),
+            ("/a?b", "a path only"),
+            ("/a#b", "a path only"),
+            ("/a;b", "';'"),
+            ("/a\\b", "backslash"),
+            ("/a b", "space"),
+            ("/a//b", "'//'"),
+            ("/a/./b", "dot segment"),
+            ("/a/..", "dot segment"),
+            ("/%61", "unreserved"),
+            ("/%2f", "upper-case"),
+            ("/%2F", "refused"),
+            ("/%4", "malformed"),
+        ] {
+            let err = path_prefix(bad).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn trust_domains() {

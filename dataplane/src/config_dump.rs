@@ -20,7 +20,7 @@ pub const BREAKERS_LISTED: usize = 200;
 
 /// The limits this dataplane enforces: its listeners', its workload's own
 /// egress limit (if it is a registered agent), and per service the
-/// per-caller limit and breaker thresholds it applies.
+/// per-caller limit, breaker thresholds and upstream timeouts it applies.
 pub fn effective_limits(state: &MeshState, own_spiffe_id: Option<&str>) -> Value {
     let egress = own_spiffe_id
         .and_then(|id| state.agents.get(id))
@@ -34,6 +34,11 @@ pub fn effective_limits(state: &MeshState, own_spiffe_id: Option<&str>) -> Value
             "name": u.service.name,
             "per_caller_limits": rate_limit(&u.service.per_caller_limits),
             "breaker": breaker_settings(&u.service.breaker),
+            "timeouts": timeouts(&u.service.timeouts.default),
+            "routes": u.service.timeouts.routes.iter().map(|r| json!({
+                "prefix": r.prefix,
+                "timeouts": timeouts(&r.timeouts),
+            })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
     })
 }
@@ -58,6 +63,14 @@ fn rate_limit(l: &RateLimitSettings) -> Value {
         "max_concurrent": l.max_concurrent,
         "per_destination": l.per_destination,
         "count_denied": l.count_denied,
+    })
+}
+
+fn timeouts(t: &meshward_contract::spec::Timeouts) -> Value {
+    json!({
+        "response_ms": t.response.as_millis() as u64,
+        "idle_ms": t.idle.as_millis() as u64,
+        "total_ms": t.total.map(|d| d.as_millis() as u64),
     })
 }
 
@@ -132,6 +145,10 @@ mod tests {
         assert_eq!(svc["per_caller_limits"]["burst"], 2);
         assert_eq!(svc["breaker"]["consecutive_failures"], 5);
         assert_eq!(svc["breaker"]["open_for_ms"], 10_000);
+        assert_eq!(svc["timeouts"]["response_ms"], 30_000);
+        assert_eq!(svc["timeouts"]["idle_ms"], 300_000);
+        assert_eq!(svc["timeouts"]["total_ms"], Value::Null);
+        assert_eq!(svc["routes"], serde_json::json!([]));
         assert_eq!(
             agent["listeners"]["max_connections"],
             s.listeners.max_connections

@@ -46,7 +46,6 @@ pub struct DataplaneOptions {
     pub admin: Option<TcpListener>,
     /// The app behind the inbound listener.
     pub local_upstream: Option<SocketAddr>,
-    pub request_timeout: Duration,
     pub metrics: Option<PrometheusHandle>,
     /// Envoy's ext_authz v3 `Check` (DESIGN.md's port 9191).
     pub ext_authz: Option<ExtAuthzListener>,
@@ -203,7 +202,6 @@ impl Dataplane {
             state.clone(),
             MeshClient::new(identity.clone()),
             opts.local_upstream,
-            opts.request_timeout,
         );
         shared.observe = opts.observe;
         let shared = Arc::new(shared);

@@ -13,6 +13,7 @@ pub mod mcp;
 mod paths;
 mod policy;
 mod service;
+mod timeouts;
 
 pub use agent::Agent;
 pub use endpoint::{Endpoint, endpoints_of, load_assignment};
@@ -22,3 +23,4 @@ pub use mcp::McpSettings;
 pub use paths::{ForwardClientCert, PathAction, PathRules};
 pub use policy::{check_policy_bundle, policy_bundle};
 pub use service::Service;
+pub use timeouts::{RouteTimeouts, ServiceTimeouts, Timeouts};

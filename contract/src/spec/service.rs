@@ -12,7 +12,9 @@ use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration};
 use prost::Message;
 
 use super::encoding::{string_map, with_sorted_string_map};
-use super::{BreakerSettings, ForwardClientCert, McpSettings, PathRules, RateLimitSettings};
+use super::{
+    BreakerSettings, ForwardClientCert, McpSettings, PathRules, RateLimitSettings, ServiceTimeouts,
+};
 use crate::pb::v1 as pb;
 use crate::{rules, type_url};
 
@@ -38,11 +40,14 @@ pub struct Service {
     /// `protocol: mcp`: how its MCP endpoint is inspected; `None` for
     /// plain HTTP/gRPC services.
     pub mcp: Option<McpSettings>,
+    /// How long callers wait for it, per path prefix.
+    pub timeouts: ServiceTimeouts,
 }
 
 impl Service {
     /// The CDS resource.
     pub fn to_cluster(&self) -> Cluster {
+        let (timeouts, routes) = self.timeouts.to_wire();
         let message = pb::ServiceMetadata {
             spiffe_id: self.spiffe_id.clone(),
             metadata: Default::default(),
@@ -51,6 +56,8 @@ impl Service {
             paths: Some(self.paths.into()),
             forward_client_cert: self.forward_client_cert.to_wire(),
             mcp: self.mcp.as_ref().map(McpSettings::to_wire),
+            timeouts,
+            routes,
         };
         // ServiceMetadata.metadata is field 2.
         let value = with_sorted_string_map(message.encode_to_vec(), 2, &self.metadata);
@@ -130,6 +137,8 @@ impl Service {
                 .map(McpSettings::from_wire)
                 .transpose()
                 .map_err(|e| format!("metadata {e}"))?,
+            timeouts: ServiceTimeouts::from_wire(meta.timeouts.as_ref(), &meta.routes)
+                .map_err(|e| format!("metadata {e}"))?,
         })
     }
 }
@@ -137,7 +146,9 @@ impl Service {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::PathAction;
+    use std::time::Duration;
+
+    use crate::spec::{PathAction, RouteTimeouts, Timeouts};
 
     fn service() -> Service {
         Service {
@@ -158,6 +169,20 @@ mod tests {
             },
             forward_client_cert: ForwardClientCert::SanitizeSet,
             mcp: Some(McpSettings::default()),
+            timeouts: ServiceTimeouts {
+                default: Timeouts {
+                    response: Duration::from_secs(2),
+                    idle: Duration::from_secs(60),
+                    total: Some(Duration::from_secs(600)),
+                },
+                routes: vec![RouteTimeouts {
+                    prefix: "/stream".into(),
+                    timeouts: Timeouts {
+                        idle: Duration::from_secs(3600),
+                        ..Timeouts::default()
+                    },
+                }],
+            },
         }
     }
 
@@ -197,5 +222,17 @@ mod tests {
         };
         let err = Service::from_cluster("s", &bad_rate.to_cluster()).unwrap_err();
         assert!(err.contains("per_caller_limits"), "{err}");
+        // A bad timeout over xDS is a NACK naming the field, never a panic.
+        let mut bad_timeouts = service();
+        bad_timeouts.timeouts.routes[0].timeouts.idle = Duration::from_millis(500);
+        let err = Service::from_cluster("s", &bad_timeouts.to_cluster()).unwrap_err();
+        assert!(err.contains("routes[0].timeouts.idle"), "{err}");
+        let mut bad_total = service();
+        bad_total.timeouts.default.total = Some(Duration::from_secs(1));
+        let err = Service::from_cluster("s", &bad_total.to_cluster()).unwrap_err();
+        assert!(
+            err.contains("timeouts.total must be at least response"),
+            "{err}"
+        );
     }
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 pub use meshward_contract::spec::{
     Agent, BreakerSettings, ForwardClientCert, ListenerLimits, PathAction, PathRules,
-    RateLimitSettings,
+    RateLimitSettings, RouteTimeouts, ServiceTimeouts, Timeouts,
 };
 
 /// A whole mesh: one trust domain, its services, its agents and its policy.

@@ -974,3 +974,142 @@ fn mcp_settings_out_of_range_name_field_and_line() {
         "not supported per tool",
     );
 }
+
+#[test]
+fn timeouts_default_parse_and_routes_inherit_what_they_omit() {
+    use std::time::Duration;
+    let mesh = load(&mesh_dir("timeouts-default", MESH).1).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        mesh.services["world"].spec.timeouts,
+        ServiceTimeouts::default()
+    );
+
+    let custom = MESH.to_string()
+        + "    timeouts: { response: 2s, idle: 1m, total: 1h }
+    routes:
+      - prefix: /stream
+        timeouts: { idle: 10m }
+      - prefix: /stream/fast
+        timeouts:
+          response: 500ms
+          total: 30s
+";
+    let (_dir, path) = mesh_dir("timeouts", &custom);
+    let mesh = load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let t = &mesh.services["world"].spec.timeouts;
+    let secs = Duration::from_secs;
+    assert_eq!(
+        t.default,
+        Timeouts {
+            response: secs(2),
+            idle: secs(60),
+            total: Some(secs(3600)),
+        }
+    );
+    assert_eq!(
+        t.routes,
+        [
+            RouteTimeouts {
+                prefix: "/stream".into(),
+                timeouts: Timeouts {
+                    idle: secs(600),
+                    ..t.default
+                },
+            },
+            RouteTimeouts {
+                prefix: "/stream/fast".into(),
+                timeouts: Timeouts {
+                    response: Duration::from_millis(500),
+                    idle: secs(60),
+                    total: Some(secs(30)),
+                },
+            },
+        ]
+    );
+    assert_eq!(
+        t.for_path("/stream/fast/x").response,
+        Duration::from_millis(500)
+    );
+    assert_eq!(t.for_path("/streams").idle, secs(600));
+    assert_eq!(t.for_path("/other").idle, secs(60));
+    // What the control plane sends is what a dataplane ACKs.
+    let cluster = mesh.services["world"].spec.to_cluster();
+    assert_eq!(
+        meshward_contract::spec::Service::from_cluster("world", &cluster).map(|s| s.timeouts),
+        Ok(t.clone())
+    );
+}
+
+#[test]
+fn bad_timeouts_name_the_service_field_and_line() {
+    let mesh = MESH.to_string()
+        + "    timeouts:
+      response: 2h
+      idle: 500ms
+      colour: red
+    routes:
+      - prefix: stream
+      - prefix: /ok
+        timeouts: { total: 10s, response: 20s }
+      - prefix: /ok
+      - prefix: /a/../b
+      - prefix: /x
+        timeouts: { idle: forever }
+      - timeouts: { idle: 1m }
+";
+    let (_, errors, _dir) = errors_of(&mesh);
+    assert_error(
+        &errors,
+        "services[1].timeouts.response",
+        line_of(&mesh, "response: 2h"),
+        "of service world must be between 1ms and 1h, found 2h",
+    );
+    assert_error(
+        &errors,
+        "services[1].timeouts.idle",
+        line_of(&mesh, "idle: 500ms"),
+        "between 1s and 24h",
+    );
+    assert_error(
+        &errors,
+        "services[1].timeouts.colour",
+        line_of(&mesh, "colour: red"),
+        "unknown key",
+    );
+    assert_error(
+        &errors,
+        "services[1].routes[0].prefix",
+        line_of(&mesh, "prefix: stream"),
+        "of service world must start with '/'",
+    );
+    assert_error(
+        &errors,
+        "services[1].routes[1].timeouts.total",
+        line_of(&mesh, "total: 10s"),
+        "at least response (20s)",
+    );
+    assert_error(
+        &errors,
+        "services[1].routes[2].prefix",
+        line_of(&mesh, "prefix: /ok") + 2,
+        "duplicate prefix `/ok` of service world",
+    );
+    assert_error(
+        &errors,
+        "services[1].routes[3].prefix",
+        line_of(&mesh, "prefix: /a/../b"),
+        "dot segment",
+    );
+    assert_error(
+        &errors,
+        "services[1].routes[4].timeouts.idle",
+        line_of(&mesh, "idle: forever"),
+        "must be a duration",
+    );
+    assert_error(
+        &errors,
+        "services[1].routes[5].prefix",
+        line_of(&mesh, "- timeouts: { idle: 1m }"),
+        "is required",
+    );
+}

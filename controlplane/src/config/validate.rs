@@ -17,6 +17,10 @@
 //!   rate without a burst is an error, since it could never admit a request.
 //! - `listeners` may be omitted (the defaults of [`ListenerLimits`]); each
 //!   value given must be in the range a dataplane accepts.
+//! - A service's `timeouts` may be omitted (response 30s, idle 5m, no
+//!   total); a `routes[].timeouts` entry inherits what it omits from the
+//!   service's, and the resolved values are checked (so a route that only
+//!   raises `response` above the service's `total` is an error at `total`).
 //!
 //! The result is a [`Draft`]: model values plus the positions the cross-field
 //! checks and the bundle loader need. Invalid values are replaced by
@@ -30,7 +34,7 @@ use std::time::Duration;
 use super::error::ConfigError;
 use super::model::{
     Agent, BreakerSettings, ForwardClientCert, ListenerLimits, PathAction, PathRules,
-    RateLimitSettings, Service,
+    RateLimitSettings, RouteTimeouts, Service, ServiceTimeouts, Timeouts,
 };
 use super::yaml::{Entry, Node, Value};
 use meshward_contract::rules;
@@ -85,6 +89,8 @@ const SERVICE_KEYS: &[&str] = &[
     "forward_client_cert",
     "protocol",
     "mcp",
+    "timeouts",
+    "routes",
 ];
 const PROTOCOLS: &[&str] = &["http", "mcp"];
 const MCP_KEYS: &[&str] = &[
@@ -111,6 +117,8 @@ const LISTENER_KEYS: &[&str] = &[
     "admin_max_connections",
 ];
 const BREAKER_KEYS: &[&str] = &["consecutive_failures", "open_for", "half_open_probes"];
+const TIMEOUT_KEYS: &[&str] = &["response", "idle", "total"];
+const ROUTE_KEYS: &[&str] = &["prefix", "timeouts"];
 
 /// Decodes and checks a parsed mesh document.
 pub fn check(file: &Path, root: &Node) -> Draft {
@@ -217,6 +225,7 @@ pub fn check(file: &Path, root: &Node) -> Draft {
             })
             .unwrap_or_default();
         let mcp = c.protocol(&fields, &field);
+        let timeouts = c.service_timeouts(&fields, &field, &name);
         draft.services.push(Service {
             spec: meshward_contract::spec::Service {
                 name,
@@ -227,6 +236,7 @@ pub fn check(file: &Path, root: &Node) -> Draft {
                 paths,
                 forward_client_cert,
                 mcp,
+                timeouts,
             },
             endpoints,
             backend,
@@ -694,6 +704,120 @@ impl Checker<'_> {
             }
         }
         breaker
+    }
+
+    /// A service's `timeouts` and `routes`: each route's `timeouts` starts
+    /// from the service's, so what a route omits it inherits. Every value
+    /// is checked as a dataplane will check it ([`Timeouts::problems`]),
+    /// and each message names the service.
+    fn service_timeouts(
+        &mut self,
+        fields: &Fields<'_>,
+        field: &str,
+        service: &str,
+    ) -> ServiceTimeouts {
+        let timeouts_field = join(field, "timeouts");
+        let default = self.timeouts(
+            fields.get("timeouts"),
+            &timeouts_field,
+            Timeouts::default(),
+            service,
+        );
+        let mut routes: Vec<RouteTimeouts> = Vec::new();
+        let mut seen: Vec<(String, String, usize)> = Vec::new();
+        let routes_field = join(field, "routes");
+        for (i, node) in self
+            .list(fields.get("routes"), &routes_field)
+            .iter()
+            .enumerate()
+        {
+            let route_field = format!("{routes_field}[{i}]");
+            let Some(route) = self.mapping(node, &route_field, ROUTE_KEYS) else {
+                continue;
+            };
+            let prefix_field = join(&route_field, "prefix");
+            let prefix = self
+                .required_string(&route, &route_field, "prefix")
+                .and_then(|(prefix, line)| {
+                    let checked = rules::path_prefix(&prefix)
+                        .map_err(|why| format!("of service {service} {why}"));
+                    if !self.rule(line, &prefix_field, checked) {
+                        return None;
+                    }
+                    if let Some((_, first, first_line)) = seen.iter().find(|(p, ..)| *p == prefix)
+                    {
+                        self.error(
+                            line,
+                            &prefix_field,
+                            format!(
+                                "duplicate prefix `{prefix}` of service {service}: already used by {first} (line {first_line})"
+                            ),
+                        );
+                        return None;
+                    }
+                    seen.push((prefix.clone(), prefix_field.clone(), line));
+                    Some(prefix)
+                });
+            let timeouts = self.timeouts(
+                route.get("timeouts"),
+                &join(&route_field, "timeouts"),
+                default,
+                service,
+            );
+            if let Some(prefix) = prefix {
+                routes.push(RouteTimeouts { prefix, timeouts });
+            }
+        }
+        ServiceTimeouts { default, routes }
+    }
+
+    /// A `timeouts:` mapping over `base`: the keys given replace its
+    /// values. Out-of-range values are reported and `base`'s kept.
+    fn timeouts(
+        &mut self,
+        node: Option<&Node>,
+        field: &str,
+        base: Timeouts,
+        service: &str,
+    ) -> Timeouts {
+        let mut timeouts = base;
+        let Some(fields) = node.and_then(|n| self.mapping(n, field, TIMEOUT_KEYS)) else {
+            return timeouts;
+        };
+        let mut lines = HashMap::new();
+        for entry in fields.entries {
+            lines.insert(entry.key.as_str(), entry.value.line);
+        }
+        if let Some(d) = fields
+            .get("response")
+            .and_then(|n| self.duration(n, &join(field, "response")))
+        {
+            timeouts.response = d;
+        }
+        if let Some(d) = fields
+            .get("idle")
+            .and_then(|n| self.duration(n, &join(field, "idle")))
+        {
+            timeouts.idle = d;
+        }
+        if let Some(d) = fields
+            .get("total")
+            .and_then(|n| self.duration(n, &join(field, "total")))
+        {
+            timeouts.total = Some(d);
+        }
+        let problems = timeouts.problems();
+        for (key, why) in &problems {
+            // `total < response` with only `response` written is still
+            // reported at `total`, where the inherited value came from.
+            let line = lines.get(key).copied().unwrap_or(fields.line);
+            self.error(
+                line,
+                &join(field, key),
+                format!("of service {service} {why}"),
+            );
+        }
+        if problems.is_empty() { timeouts } else { base }
     }
 
     /// One of `names`, turned into a value by `parse`.

@@ -38,6 +38,7 @@ pub(crate) fn mesh() -> Mesh {
             paths: Default::default(),
             forward_client_cert: Default::default(),
             mcp: None,
+            timeouts: Default::default(),
         },
         endpoints: vec![format!("127.0.0.1:{port}")],
         backend: None,
@@ -444,6 +445,99 @@ mod envoy_nodes {
             ..envoy_node("spiffe://example.org/service/hello")
         };
         assert!(names(&build(&mesh(), &bare), type_url::LISTENER).is_empty());
+    }
+
+    /// `(prefix, rewrite, timeout, idle_timeout)` of each route, in order.
+    fn timed(
+        routes: &[envoy_types::pb::envoy::config::route::v3::Route],
+    ) -> Vec<(String, String, i64, i64)> {
+        routes
+            .iter()
+            .map(|r| {
+                let Some(route_match::PathSpecifier::Prefix(p)) =
+                    r.r#match.as_ref().and_then(|m| m.path_specifier.clone())
+                else {
+                    panic!("not a prefix route");
+                };
+                let Some(route::Action::Route(a)) = r.action.as_ref() else {
+                    panic!("not a route action");
+                };
+                (
+                    p,
+                    a.prefix_rewrite.clone(),
+                    a.timeout.as_ref().map_or(-1, |d| d.seconds),
+                    a.idle_timeout.as_ref().map_or(-1, |d| d.seconds),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn envoy_routes_carry_total_and_idle_per_prefix_longest_first() {
+        use meshward_contract::spec::{RouteTimeouts, ServiceTimeouts, Timeouts};
+        let mut mesh = mesh();
+        let t = |idle: u64, total: Option<u64>| Timeouts {
+            response: std::time::Duration::from_secs(30),
+            idle: std::time::Duration::from_secs(idle),
+            total: total.map(std::time::Duration::from_secs),
+        };
+        mesh.services.get_mut("hello").unwrap().spec.timeouts = ServiceTimeouts {
+            default: t(60, Some(120)),
+            routes: vec![
+                RouteTimeouts {
+                    prefix: "/s".into(),
+                    timeouts: t(10, Some(120)),
+                },
+                RouteTimeouts {
+                    prefix: "/stream/".into(),
+                    timeouts: t(3600, None),
+                },
+            ],
+        };
+        let snapshot = build(&mesh, &envoy_node("spiffe://example.org/agent/triage"));
+        let routes: RouteConfiguration =
+            decode(&snapshot, type_url::ROUTE_CONFIGURATION, envoy::OUTBOUND);
+        let vhost = |name: &str| {
+            routes
+                .virtual_hosts
+                .iter()
+                .find(|v| v.name == name)
+                .unwrap()
+                .routes
+                .clone()
+        };
+        let s = |v: &str| v.to_string();
+        // No total: Envoy's route timeout is disabled (0), so streams live.
+        assert_eq!(
+            timed(&vhost("hello")),
+            [
+                (s("/stream/"), s(""), 0, 3600),
+                (s("/s"), s(""), 120, 10),
+                (s("/"), s(""), 120, 60),
+            ]
+        );
+        assert_eq!(timed(&vhost("billing")), [(s("/"), s(""), 0, 300)]);
+        assert_eq!(
+            timed(&vhost("mcp")),
+            [
+                (s("/mcp://billing/"), s("/"), 0, 300),
+                (s("/mcp://hello/stream/"), s("/stream/"), 0, 3600),
+                (s("/mcp://hello/s"), s("/s"), 120, 10),
+                (s("/mcp://hello/"), s("/"), 120, 60),
+            ]
+        );
+
+        let snapshot = build(&mesh, &envoy_node("spiffe://example.org/service/hello"));
+        let routes: RouteConfiguration =
+            decode(&snapshot, type_url::ROUTE_CONFIGURATION, envoy::INBOUND);
+        assert_eq!(
+            timed(&routes.virtual_hosts[0].routes),
+            [
+                (s("/stream/"), s(""), 0, 3600),
+                (s("/s"), s(""), 120, 10),
+                (s("/"), s(""), 120, 60),
+            ]
+        );
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub const BREAKER_STATE: &str = "meshward_breaker_state";
 pub const BREAKER_TRANSITIONS: &str = "meshward_breaker_transitions_total";
 /// Counter: limiter refusals, labelled `dataplane`, `scope`, `service`, `reason`.
 pub const LIMITER_REFUSALS: &str = "meshward_limiter_refusals_total";
+/// Counter: upstream timeouts, labelled `dataplane`, `service`, `kind`.
+pub const UPSTREAM_TIMEOUTS: &str = "meshward_upstream_timeouts_total";
 
 /// Describes every family this crate records, on the installed recorder.
 pub fn describe() {
@@ -83,6 +85,10 @@ pub fn describe() {
     describe_counter!(
         LIMITER_REFUSALS,
         "Requests the per-identity limiter refused, by scope (egress: the agent's own limit; ingress: a service's per-caller limit), service and reason (rate, concurrency, no_identity)."
+    );
+    describe_counter!(
+        UPSTREAM_TIMEOUTS,
+        "Upstream exchanges cut by the service's timeouts, by kind: response (no response headers in time; answered 504 upstream_timeout), idle (no bytes in either direction for the idle limit) or total (the whole exchange ran past its cap); idle and total after the headers abort the stream."
     );
     describe_counter!(
         crate::xds::METRIC_UPDATES,

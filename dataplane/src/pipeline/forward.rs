@@ -7,6 +7,12 @@
 //! breaker hears a failure for a 5xx, a connect error, a timeout or a gRPC
 //! "the server could not" status; the client's own broken body is neither a
 //! success nor a failure ([`BreakerGuard::abandon`]) but a 400.
+//!
+//! The service's timeouts for the request's path apply here
+//! ([`crate::proxy::timed`]): no response headers in time is a refusal
+//! (`upstream_timeout`, 504 / DEADLINE_EXCEEDED) and a breaker failure; a
+//! stream that goes silent or runs past its total is aborted mid-body, and
+//! does not change the breaker (its headers already counted as a success).
 
 use http::{HeaderMap, Request, Response, Uri, Version, header};
 use http_body_util::BodyExt;
@@ -15,11 +21,14 @@ use super::admit::Admitted;
 use super::headers;
 use super::refusal::{BadRequest, Refusal, Unavailable};
 use crate::breaker::BreakerGuard;
+use crate::metrics::labels as metric_labels;
 use crate::policy::Direction;
 use crate::proxy::Shared;
 use crate::proxy::body::{self, BodyErrors, ProxyBody, boxed};
 use crate::proxy::guard::GuardedBody;
+use crate::proxy::timed::{self, TimedBody};
 use crate::state::Upstream;
+use metrics::SharedString;
 
 /// A request ready to leave: its head (the path already canonical and its
 /// headers sanitized and authorized) and body.
@@ -40,21 +49,26 @@ pub async fn forward(
     admitted: Admitted,
     request_id: &str,
 ) -> Result<Response<ProxyBody>, Refusal> {
+    let service = &upstream.service.name;
+    let timeouts = *upstream.service.timeouts.for_path(&out.path_and_query);
+    let grpc = out.grpc;
     let (body, client_body) = body::watch_errors(out.body);
+    let (body, activity) = timed::watch_request(body);
     let out = Outgoing { body, ..out };
-    let sent = tokio::time::timeout(
-        shared.request_timeout,
-        send(shared, direction, upstream, out),
-    )
-    .await
-    .unwrap_or_else(|_| {
-        Err(Unavailable::Timeout {
-            after: shared.request_timeout,
-            request_id: request_id.to_string(),
-        })
-    });
+    let count = TimeoutCount::new(shared, service);
     let Admitted { permit, breaker } = admitted;
-    let mut resp = settle(sent, breaker, &client_body, &upstream.service.name)?;
+    let sent =
+        match timed::await_headers(send(shared, direction, upstream, out), &activity, &timeouts)
+            .await
+        {
+            Ok(sent) => sent,
+            Err(expired) => {
+                count.record(expired, request_id);
+                let client_silent = timed::client_was_silent(&activity);
+                return Err(settle_expired(expired, client_silent, breaker, service));
+            }
+        };
+    let mut resp = settle(sent, breaker, &client_body, service)?;
     headers::strip_hop_by_hop(resp.headers_mut());
     let inbound = direction == Direction::Inbound;
     if inbound {
@@ -68,6 +82,10 @@ pub async fn forward(
     } else {
         body
     };
+    let request_id = request_id.to_string();
+    let body = TimedBody::wrap(body, activity, &timeouts, grpc, move |expired| {
+        count.record(expired, &request_id);
+    });
     Ok(Response::from_parts(parts, GuardedBody::wrap(body, permit)))
 }
 
@@ -82,6 +100,33 @@ fn strip_mesh_asserted_trailers(body: ProxyBody) -> ProxyBody {
         Err(frame) => frame,
     })
     .boxed()
+}
+
+/// `meshward_upstream_timeouts_total` for one exchange, and its log line.
+struct TimeoutCount {
+    dataplane: String,
+    service: SharedString,
+}
+
+impl TimeoutCount {
+    fn new(shared: &Shared, service: &str) -> Self {
+        Self {
+            dataplane: shared.name.clone(),
+            service: metric_labels::service_label(shared.current_state().as_deref(), service),
+        }
+    }
+
+    fn record(&self, expired: timed::Expired, request_id: &str) {
+        tracing::info!(dataplane = %self.dataplane, service = %self.service, request_id,
+            kind = expired.kind(), "upstream timeout: {expired}");
+        metrics::counter!(
+            crate::metrics::UPSTREAM_TIMEOUTS,
+            "dataplane" => self.dataplane.clone(),
+            "service" => self.service.clone(),
+            "kind" => expired.kind(),
+        )
+        .increment(1);
+    }
 }
 
 /// Reports the outcome to the breaker and turns a failed send into the
@@ -114,6 +159,27 @@ fn settle(
                 reason,
             })
         }
+    }
+}
+
+/// Reports a timeout before the response headers to the breaker: a failure
+/// (the upstream did not answer: a gateway error, as Envoy's outlier
+/// detection counts a 504), unless it was `idle` while the client had
+/// stopped sending its body, the client's silence and not the upstream's.
+fn settle_expired(
+    expired: timed::Expired,
+    client_silent: bool,
+    breaker: BreakerGuard,
+    service: &str,
+) -> Refusal {
+    if matches!(expired, timed::Expired::Idle(_)) && client_silent {
+        breaker.abandon();
+    } else {
+        breaker.failure();
+    }
+    Refusal::UpstreamTimeout {
+        service: service.to_string(),
+        expired,
     }
 }
 
@@ -275,6 +341,28 @@ mod tests {
         {
             std::task::Poll::Ready(Some(Err(std::io::Error::other("bad chunk"))))
         }
+    }
+
+    #[test]
+    fn timeouts_before_the_headers_fail_the_breaker_unless_the_client_went_silent() {
+        use crate::proxy::timed::Expired;
+        let five = |expired: Expired, client_silent: bool| {
+            let breakers = Breakers::new();
+            let settings = BreakerSettings::default();
+            for _ in 0..5 {
+                let guard = breakers.acquire("a", "s", &settings).unwrap();
+                let refusal = settle_expired(expired, client_silent, guard, "s");
+                assert_eq!(refusal.kind(), "upstream_timeout");
+            }
+            breakers.state("a", "s")
+        };
+        let d = std::time::Duration::from_secs(1);
+        assert_eq!(five(Expired::Response(d), false), BreakerState::Open);
+        assert_eq!(five(Expired::Total(d), false), BreakerState::Open);
+        assert_eq!(five(Expired::Idle(d), false), BreakerState::Open);
+        assert_eq!(five(Expired::Idle(d), true), BreakerState::Closed);
+        // A response timeout is the upstream's even while the client idles.
+        assert_eq!(five(Expired::Response(d), true), BreakerState::Open);
     }
 
     #[test]

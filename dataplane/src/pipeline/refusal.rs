@@ -42,6 +42,11 @@ pub enum Refusal {
         service: String,
         reason: Unavailable,
     },
+    #[error("upstream {service} timed out: {expired}")]
+    UpstreamTimeout {
+        service: String,
+        expired: crate::proxy::timed::Expired,
+    },
     #[error("dataplane not ready: {0}")]
     NotReady(#[from] NotReady),
     #[error("bad request: {0}")]
@@ -143,13 +148,12 @@ pub enum Unavailable {
     Identity(#[from] IdentityError),
     #[error("{endpoint}: {error}")]
     Connect { endpoint: String, error: String },
-    #[error("no answer within {after:?} (request {request_id})")]
-    Timeout { after: Duration, request_id: String },
 }
 
 /// gRPC status codes used by the mesh (a subset of google.rpc.Code).
 mod grpc_code {
     pub const INVALID_ARGUMENT: u16 = 3;
+    pub const DEADLINE_EXCEEDED: u16 = 4;
     pub const NOT_FOUND: u16 = 5;
     pub const PERMISSION_DENIED: u16 = 7;
     pub const RESOURCE_EXHAUSTED: u16 = 8;
@@ -174,6 +178,7 @@ impl Refusal {
             Refusal::RateLimited { .. } => "rate_limited",
             Refusal::CircuitOpen(_) => "circuit_open",
             Refusal::Unavailable { .. } => "unavailable",
+            Refusal::UpstreamTimeout { .. } => "upstream_timeout",
             Refusal::NotReady(_) => "not_ready",
             Refusal::BadRequest(_) => "bad_request",
             Refusal::JsonRpc { refusal, .. } => refusal.kind(),
@@ -195,6 +200,7 @@ impl Refusal {
             Refusal::BadRequest(BadRequest::MethodNotAllowed { .. }) => {
                 StatusCode::METHOD_NOT_ALLOWED
             }
+            Refusal::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
             Refusal::JsonRpc { .. } => StatusCode::OK,
         }
@@ -208,6 +214,7 @@ impl Refusal {
             Refusal::CircuitOpen(_) | Refusal::Unavailable { .. } | Refusal::NotReady(_) => {
                 grpc_code::UNAVAILABLE
             }
+            Refusal::UpstreamTimeout { .. } => grpc_code::DEADLINE_EXCEEDED,
             Refusal::BadRequest(_) => grpc_code::INVALID_ARGUMENT,
             Refusal::JsonRpc { refusal, .. } => refusal.grpc_status(),
         }
@@ -354,6 +361,20 @@ mod tests {
         assert!(v["reason"].as_str().unwrap().contains("billing-system"));
     }
 
+    #[tokio::test]
+    async fn upstream_timeout_is_504_with_the_refusal_header() {
+        let r = Refusal::UpstreamTimeout {
+            service: "s".into(),
+            expired: crate::proxy::timed::Expired::Response(Duration::from_millis(250)),
+        }
+        .into_response(false, "rid-2");
+        assert_eq!(r.status(), 504);
+        assert_eq!(r.headers()["x-meshward-refusal"], "upstream_timeout");
+        let v = body_json(r).await;
+        assert_eq!(v["error"], "upstream_timeout");
+        assert!(v["reason"].as_str().unwrap().contains("250ms"), "{v}");
+    }
+
     #[test]
     fn rate_limited_rounds_retry_after_up() {
         let r = Refusal::RateLimited {
@@ -391,6 +412,13 @@ mod tests {
             ),
             (Refusal::NotReady(NotReady::NoConfig), "14"),
             (Refusal::BadRequest(BadRequest::MultipleHosts), "3"),
+            (
+                Refusal::UpstreamTimeout {
+                    service: "s".into(),
+                    expired: crate::proxy::timed::Expired::Response(Duration::from_secs(1)),
+                },
+                "4",
+            ),
         ];
         for (refusal, code) in cases {
             let r = refusal.into_response(true, "r");

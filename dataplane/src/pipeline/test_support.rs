@@ -40,6 +40,7 @@ pub fn service() -> spec::Service {
         paths: spec::PathRules::default(),
         forward_client_cert: spec::ForwardClientCert::Sanitize,
         mcp: None,
+        timeouts: Default::default(),
     }
 }
 

@@ -7,12 +7,12 @@
 
 pub mod body;
 pub mod guard;
+pub mod timed;
 pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use meshward_spire::WorkloadIdentity;
 use sha2::Digest;
@@ -51,7 +51,6 @@ pub struct Shared {
     pub local_client: upstream::LocalClient,
     /// The app behind an inbound dataplane.
     pub local_upstream: Option<SocketAddr>,
-    pub request_timeout: Duration,
     /// Traces, access and decision logs; all off by default.
     pub observe: Observability,
     next_endpoint: AtomicUsize,
@@ -64,7 +63,6 @@ impl Shared {
         state: watch::Receiver<Option<Arc<MeshState>>>,
         mesh_client: upstream::MeshClient,
         local_upstream: Option<SocketAddr>,
-        request_timeout: Duration,
     ) -> Self {
         let labels = LabelContext::new(&name, state.clone());
         Self {
@@ -78,7 +76,6 @@ impl Shared {
             mesh_client,
             local_client: upstream::LocalClient::default(),
             local_upstream,
-            request_timeout,
             observe: Observability::default(),
             next_endpoint: AtomicUsize::new(0),
         }

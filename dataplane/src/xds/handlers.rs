@@ -162,10 +162,23 @@ mod tests {
             },
             forward_client_cert: ForwardClientCert::SanitizeSet,
             mcp: None,
+            timeouts: Default::default(),
         };
         let cluster = any(type_url::CLUSTER, &service.to_cluster());
-        assert_eq!(ClusterHandler::validate("s", &cluster), Ok(service));
+        assert_eq!(ClusterHandler::validate("s", &cluster), Ok(service.clone()));
         assert!(ClusterHandler::validate("t", &cluster).is_err());
+        // Timeouts out of range or a route prefix that is not canonical:
+        // a NACK naming the field, never a panic.
+        let mut bad = service.clone();
+        bad.timeouts.default.response = std::time::Duration::from_secs(2 * 3600);
+        bad.timeouts.routes.push(spec::RouteTimeouts {
+            prefix: "/a//b".into(),
+            timeouts: Default::default(),
+        });
+        let err =
+            ClusterHandler::validate("s", &any(type_url::CLUSTER, &bad.to_cluster())).unwrap_err();
+        assert!(err.contains("timeouts.response must be between"), "{err}");
+        assert!(err.contains("routes[0].prefix"), "{err}");
 
         let endpoints = vec![Endpoint::Dns {
             host: "hello-skill.meshward.svc".into(),

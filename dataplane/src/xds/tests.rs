@@ -49,6 +49,7 @@ fn mesh() -> Mesh {
             paths: Default::default(),
             forward_client_cert: Default::default(),
             mcp: None,
+            timeouts: Default::default(),
         },
         endpoints: vec!["127.0.0.1:7001".into()],
         backend: None,

@@ -9,6 +9,8 @@
 //! from SDS under SPIRE's secret names (`default`, `spiffe://<trust
 //! domain>`) and the service's SPIFFE ID as the only accepted SAN; per
 //! cluster outlier detection and a request cap come from `mesh.yaml`.
+//! Routes carry each service's `timeouts` (and one route per `routes`
+//! prefix) in Envoy's streaming-friendly reading: see [`timed_action`].
 //!
 //! Where a node's listeners bind and where its app is come from its node
 //! metadata (set by `meshward bootstrap envoy`): that is the node's own
@@ -43,7 +45,7 @@ use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
 use envoy_types::pb::envoy::r#type::matcher::v3::{StringMatcher, string_matcher};
 use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, UInt32Value, value};
 use meshward_contract::rules;
-use meshward_contract::spec::{self, Endpoint};
+use meshward_contract::spec::{self, Endpoint, RouteTimeouts, ServiceTimeouts, Timeouts};
 use prost::{Message, Name};
 
 use crate::config::{Mesh, Service};
@@ -408,18 +410,6 @@ pub fn outbound_listener(node: &EnvoyNode) -> Listener {
 /// and `Host` / `:authority` (`<service>`, `<service>:<port>`,
 /// `<service>.<anything>`) to each service's cluster.
 pub fn outbound_routes(mesh: &Mesh) -> RouteConfiguration {
-    let route_to = |prefix: &str, cluster: &str, rewrite: Option<&str>| Route {
-        r#match: Some(RouteMatch {
-            path_specifier: Some(route_match::PathSpecifier::Prefix(prefix.to_string())),
-            ..Default::default()
-        }),
-        action: Some(route::Action::Route(RouteAction {
-            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(cluster.to_string())),
-            prefix_rewrite: rewrite.unwrap_or_default().to_string(),
-            ..Default::default()
-        })),
-        ..Default::default()
-    };
     let mut virtual_hosts: Vec<VirtualHost> = mesh
         .services
         .values()
@@ -428,7 +418,7 @@ pub fn outbound_routes(mesh: &Mesh) -> RouteConfiguration {
             VirtualHost {
                 name: name.clone(),
                 domains: vec![name.clone(), format!("{name}:*"), format!("{name}.*")],
-                routes: vec![route_to("/", name, None)],
+                routes: timed_routes(&s.spec.timeouts, "", name, false),
                 ..Default::default()
             }
         })
@@ -439,9 +429,9 @@ pub fn outbound_routes(mesh: &Mesh) -> RouteConfiguration {
         routes: mesh
             .services
             .values()
-            .map(|s| {
+            .flat_map(|s| {
                 let name = &s.spec.name;
-                route_to(&format!("/mcp://{name}/"), name, Some("/"))
+                timed_routes(&s.spec.timeouts, &format!("/mcp://{name}"), name, true)
             })
             .collect(),
         ..Default::default()
@@ -449,6 +439,52 @@ pub fn outbound_routes(mesh: &Mesh) -> RouteConfiguration {
     RouteConfiguration {
         name: OUTBOUND.to_string(),
         virtual_hosts,
+        ..Default::default()
+    }
+}
+
+/// A service's routes to `cluster`, one per timeout prefix (longest first:
+/// Envoy takes the first match, Meshward the longest) and then `/`, each
+/// matching `at` + the prefix; with `strip`, `at` is removed on the way
+/// (`/mcp://<service>/x` is sent as `/x`).
+fn timed_routes(timeouts: &ServiceTimeouts, at: &str, cluster: &str, strip: bool) -> Vec<Route> {
+    let mut prefixed: Vec<&RouteTimeouts> = timeouts.routes.iter().collect();
+    prefixed.sort_by_key(|r| std::cmp::Reverse(r.prefix.len()));
+    prefixed
+        .into_iter()
+        .map(|r| (r.prefix.as_str(), &r.timeouts))
+        .chain([("/", &timeouts.default)])
+        .map(|(prefix, t)| Route {
+            r#match: Some(RouteMatch {
+                path_specifier: Some(route_match::PathSpecifier::Prefix(format!("{at}{prefix}"))),
+                ..Default::default()
+            }),
+            action: Some(route::Action::Route(RouteAction {
+                cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
+                    cluster.to_string(),
+                )),
+                prefix_rewrite: if strip {
+                    prefix.to_string()
+                } else {
+                    String::new()
+                },
+                ..timed_action(t)
+            })),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// A service's timeouts as Envoy reads a route. Envoy's route `timeout`
+/// runs until the *complete* response, streaming included, so it carries
+/// `total` (0 disables it, for streams of any length); `idle` is the
+/// route's `idle_timeout`. Envoy has no timer for the response headers
+/// alone: `response` is enforced by Meshward dataplanes only, and an Envoy
+/// catches a silent upstream by `idle_timeout` (docs/decisions.md, Timeouts).
+fn timed_action(t: &Timeouts) -> RouteAction {
+    RouteAction {
+        timeout: Some(t.total.map_or(seconds(0), duration)),
+        idle_timeout: Some(duration(t.idle)),
         ..Default::default()
     }
 }
@@ -507,19 +543,11 @@ pub fn inbound_routes(mesh: &Mesh, service: &str, authorized: bool) -> RouteConf
         virtual_hosts: vec![VirtualHost {
             name: "app".to_string(),
             domains: vec!["*".to_string()],
-            routes: vec![Route {
-                r#match: Some(RouteMatch {
-                    path_specifier: Some(route_match::PathSpecifier::Prefix("/".to_string())),
-                    ..Default::default()
-                }),
-                action: Some(route::Action::Route(RouteAction {
-                    cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
-                        LOCAL_APP.to_string(),
-                    )),
-                    ..Default::default()
-                })),
-                ..Default::default()
-            }],
+            routes: mesh
+                .services
+                .get(service)
+                .map(|s| timed_routes(&s.spec.timeouts, "", LOCAL_APP, false))
+                .unwrap_or_else(|| timed_routes(&ServiceTimeouts::default(), "", LOCAL_APP, false)),
             request_headers_to_remove: remove,
             request_headers_to_add: vec![set_caller],
             typed_per_filter_config: [(
@@ -596,6 +624,14 @@ pub fn grpc_listener(service: &Service) -> Listener {
                 }),
                 action: Some(route::Action::Route(RouteAction {
                     cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(name.clone())),
+                    // gRPC's xDS client reads only this timeout (gRFC A31):
+                    // the service's `total`, if it has one.
+                    max_stream_duration: service.spec.timeouts.default.total.map(|t| {
+                        route_action::MaxStreamDuration {
+                            max_stream_duration: Some(duration(t)),
+                            ..Default::default()
+                        }
+                    }),
                     ..Default::default()
                 })),
                 ..Default::default()

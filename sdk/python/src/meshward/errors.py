@@ -105,9 +105,11 @@ class RateLimited(MeshRefusal):
 
 class Unavailable(MeshRefusal):
     """The mesh could not deliver (503): circuit open, no endpoints, upstream
-    down or timed out, dataplane not ready, identity missing (fail closed)."""
+    down, dataplane not ready, identity missing (fail closed); or the upstream
+    did not answer within the service's `timeouts.response` (504
+    `upstream_timeout`)."""
 
-    kinds = ("unavailable", "circuit_open", "not_ready")
+    kinds = ("unavailable", "circuit_open", "not_ready", "upstream_timeout")
 
 
 class UnknownService(MeshRefusal):

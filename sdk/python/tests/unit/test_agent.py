@@ -77,6 +77,7 @@ def test_json_and_content_together_are_refused():
         (refusal(503, "circuit_open", "circuit open for hello-skill", retry_after="10"), Unavailable, "circuit_open"),
         (refusal(503, "unavailable", "upstream s unavailable: it has no endpoints"), Unavailable, "unavailable"),
         (refusal(503, "not_ready", "dataplane not ready: no config"), Unavailable, "not_ready"),
+        (refusal(504, "upstream_timeout", "upstream s timed out: no response headers within 30s"), Unavailable, "upstream_timeout"),
         (refusal(404, "not_found", 'unknown service "nope"'), UnknownService, "not_found"),
         (refusal(400, "bad_request", "bad request: path"), BadRequest, "bad_request"),
     ],
