@@ -106,9 +106,10 @@ pub fn check_path(path: &str) -> Result<(), String> {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.' | b'~'));
     let segments_ok = path == "/"
-        || path[1..]
-            .split('/')
-            .all(|s| !s.is_empty() && s != "." && s != "..");
+        || path.strip_prefix('/').is_some_and(|rest| {
+            rest.split('/')
+                .all(|s| !s.is_empty() && s != "." && s != "..")
+        });
     if plain && segments_ok {
         Ok(())
     } else {

@@ -944,7 +944,8 @@ fn mcp_settings_out_of_range_name_field_and_line() {
     assert_error(
         &errors,
         "services[1].mcp",
-        line_of(&mesh, "    mcp:"),
+        // A block mapping is reported at its first entry.
+        line_of(&mesh, "path: /mcp/../admin"),
         "needs `protocol: mcp`",
     );
     let mesh = mesh.replace("protocol: grpc", "protocol: mcp");
