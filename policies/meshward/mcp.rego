@@ -22,9 +22,15 @@ message := m if {
 
 service := input.meshward.service.name
 
-caller := object.get(input.meshward, ["caller", "spiffe_id"], "an unregistered caller")
+# Read field by field (not through object.get on input.meshward), so the
+# bundle reads only the input fields its decision cache declares.
+caller := id if {
+	id := input.meshward.caller.spiffe_id
+} else := "an unregistered caller"
 
-caller_name := object.get(input.meshward, ["caller", "name"], caller)
+caller_name := name if {
+	name := input.meshward.caller.name
+} else := caller
 
 tools := object.get(config, ["mcp", service, "tools"], {})
 

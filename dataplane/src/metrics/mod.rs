@@ -12,6 +12,8 @@ pub mod labels;
 pub const POLICY_EVALUATIONS: &str = "meshward_policy_evaluations_total";
 /// Histogram: time one policy evaluation took.
 pub const POLICY_EVALUATION_DURATION: &str = "meshward_policy_evaluation_duration_seconds";
+/// Counter: decision cache lookups, labelled `outcome` (`hit`, `miss`).
+pub const POLICY_CACHE_LOOKUPS: &str = "meshward_policy_cache_lookups_total";
 /// Gauge: a breaker's state, labelled `dataplane`, `caller`, `service`.
 pub const BREAKER_STATE: &str = "meshward_breaker_state";
 /// Counter: breaker state changes, labelled `dataplane`, `service`, `to`.
@@ -73,6 +75,10 @@ pub fn describe() {
         POLICY_EVALUATION_DURATION,
         Unit::Seconds,
         "Time one policy evaluation took, whatever its result."
+    );
+    describe_counter!(
+        POLICY_CACHE_LOOKUPS,
+        "Decision cache lookups of the sidecars, by outcome: hit (the decision of an earlier request with the same declared inputs, same policy revision) or miss (evaluated). Only bundles that declare data.meshward.decision_cache.inputs have a cache."
     );
     describe_gauge!(
         BREAKER_STATE,

@@ -9,6 +9,7 @@
 //! throttled like any other traffic.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use http::HeaderMap;
@@ -20,6 +21,7 @@ use crate::observe::record::Verdict;
 use crate::observe::{DecisionEvent, DecisionLog};
 use crate::policy::{
     CallerFacts, Checkpoint, Decision, PolicyError, RequestFacts, ServiceFacts, build_input,
+    check_request,
 };
 use crate::ratelimit::RateLimiter;
 use crate::state::Upstream;
@@ -47,6 +49,12 @@ pub struct RequestView<'a> {
 
 /// The policy's decision for `view` if it allows the request; a denial (or
 /// an evaluation error, which denies) is a refusal.
+///
+/// When the bundle declares a decision cache, a request whose declared
+/// inputs were judged before in this revision gets that decision without
+/// an input document or an evaluation; it still passes the input's path
+/// checks and pays for a denial like any other. Requests the decision log
+/// records are always evaluated (the log holds each one's input).
 pub fn authorize(
     identity: &Identity,
     upstream: &Upstream,
@@ -54,14 +62,33 @@ pub fn authorize(
     limiter: &RateLimiter,
     audit: Option<&mut Audit<'_>>,
 ) -> Result<Decision, Refusal> {
-    judge(
-        identity,
-        Some(upstream),
-        view.checkpoint,
-        &input(identity, upstream, view)?,
-        limiter,
-        audit,
-    )
+    let facts = facts(identity, upstream, view);
+    let logged = audit.as_ref().is_some_and(|a| a.log.is_some());
+    let cache = identity.state.policy.decision_cache().filter(|_| !logged);
+    let key = cache.map(|c| c.key(&facts));
+    if let (Some(cache), Some(key)) = (cache, key.as_deref())
+        && let Some(decision) = cache.get(key)
+    {
+        check_request(view.path, view.headers, view.body).map_err(BadRequest::Input)?;
+        if let Some(audit) = audit {
+            audit.record_cached(identity, &decision);
+        }
+        metrics::counter!(crate::metrics::POLICY_EVALUATIONS, "result" => outcome(&decision))
+            .increment(1);
+        return settle(
+            identity,
+            Some(upstream),
+            view.checkpoint,
+            Decision::clone(&decision),
+            limiter,
+        );
+    }
+    let input = build_input(&facts).map_err(BadRequest::Input)?;
+    let decision = evaluate(identity, &input, audit)?;
+    if let (Some(cache), Some(key)) = (cache, key) {
+        cache.insert(key, Arc::new(decision.clone()));
+    }
+    settle(identity, Some(upstream), view.checkpoint, decision, limiter)
 }
 
 /// The input document for `view`, as the policy will see it.
@@ -70,8 +97,17 @@ pub fn input(
     upstream: &Upstream,
     view: &RequestView<'_>,
 ) -> Result<serde_json::Value, Refusal> {
+    Ok(build_input(&facts(identity, upstream, view)).map_err(BadRequest::Input)?)
+}
+
+/// What the proxy knows about the request in `view`.
+fn facts<'a>(
+    identity: &'a Identity,
+    upstream: &'a Upstream,
+    view: &RequestView<'a>,
+) -> RequestFacts<'a> {
     let service = &upstream.service;
-    let facts = RequestFacts {
+    RequestFacts {
         checkpoint: view.checkpoint,
         method: view.method,
         path: view.path,
@@ -97,8 +133,11 @@ pub fn input(
             spiffe_id: &service.spiffe_id,
             metadata: &service.metadata,
         }),
-    };
-    Ok(build_input(&facts).map_err(BadRequest::Input)?)
+    }
+}
+
+fn outcome(decision: &Decision) -> &'static str {
+    if decision.allowed { "allow" } else { "deny" }
 }
 
 /// Where a decision is reported when the request is observed: the decision
@@ -165,6 +204,17 @@ impl<'a> Audit<'a> {
             eval,
         });
     }
+
+    /// Reports a decision the cache answered (never with a decision log:
+    /// logged requests are evaluated).
+    fn record_cached(&mut self, identity: &Identity, decision: &Decision) {
+        self.verdict = Some(Verdict {
+            allowed: decision.allowed,
+            decision_id: self.decision_id.take(),
+            revision: identity.state.policy.revision().to_string(),
+            eval: std::time::Duration::ZERO,
+        });
+    }
 }
 
 /// The policy's decision on an input document, for the sidecar and the
@@ -179,7 +229,17 @@ pub fn judge(
     limiter: &RateLimiter,
     audit: Option<&mut Audit<'_>>,
 ) -> Result<Decision, Refusal> {
-    let decision = match audit {
+    let decision = evaluate(identity, input, audit)?;
+    settle(identity, upstream, checkpoint, decision, limiter)
+}
+
+/// Evaluates the policy on `input`, reporting to `audit`.
+fn evaluate(
+    identity: &Identity,
+    input: &serde_json::Value,
+    audit: Option<&mut Audit<'_>>,
+) -> Result<Decision, PolicyError> {
+    match audit {
         None => identity.state.policy.evaluate(input),
         Some(audit) => {
             let started = (Instant::now(), SystemTime::now());
@@ -187,7 +247,18 @@ pub fn judge(
             audit.record(identity, input, &evaluated, started);
             evaluated
         }
-    }?;
+    }
+}
+
+/// An allow is returned; a denial is a refusal that costs the caller a
+/// token at `upstream`.
+fn settle(
+    identity: &Identity,
+    upstream: Option<&Upstream>,
+    checkpoint: Checkpoint,
+    decision: Decision,
+    limiter: &RateLimiter,
+) -> Result<Decision, Refusal> {
     if decision.allowed {
         return Ok(decision);
     }
@@ -227,7 +298,10 @@ pub fn apply(decision: &Decision, headers: &mut HeaderMap) {
 mod tests {
     use super::*;
     use crate::pipeline::identify::identify;
-    use crate::pipeline::test_support::{AGENT, state};
+    use crate::pipeline::test_support::{AGENT, state, state_with_cache, state_with_policy};
+
+    /// Allows everything, reading no input.
+    const ALLOW_ALL: &str = "package meshward.authz\ndefault decision := {\"allowed\": true}\n";
     use crate::policy::Direction;
 
     fn view<'a>(path: &'a str, headers: &'a HeaderMap) -> RequestView<'a> {
@@ -265,6 +339,92 @@ mod tests {
             authorize(&id, &up, &view("/denied", &headers), &limiter, None),
             Err(Refusal::RateLimited { .. })
         ));
+    }
+
+    #[test]
+    fn cached_decisions_are_the_policys_and_denials_still_cost_tokens() {
+        let cached = state_with_cache(&["attributes.request.http.path", "meshward.mcp"]);
+        let id = identify(Ok(AGENT.into()), Some(cached), Direction::Outbound, None).unwrap();
+        let up = id.state.clusters["svc"].clone();
+        let cache = id.state.policy.decision_cache().expect("declared");
+        let limiter = RateLimiter::new();
+        let headers = HeaderMap::new();
+        for _ in 0..3 {
+            assert!(authorize(&id, &up, &view("/ok", &headers), &limiter, None).is_ok());
+        }
+        // One entry for /ok, evaluated once and then served.
+        assert_eq!(cache.len(), 1);
+        for _ in 0..3 {
+            match authorize(&id, &up, &view("/denied", &headers), &limiter, None) {
+                Err(Refusal::Forbidden(d)) => assert_eq!(d.reason, "denied path"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(cache.len(), 2);
+        // A cached denial drains the burst like an evaluated one.
+        assert!(matches!(
+            authorize(&id, &up, &view("/denied", &headers), &limiter, None),
+            Err(Refusal::RateLimited { .. })
+        ));
+    }
+
+    #[test]
+    fn a_cache_hit_still_refuses_what_the_input_document_refuses() {
+        // The path is not a key here: /%zz would hit /ok's entry, but the
+        // input document refuses its escape, and so does the cached path.
+        let cached = state_with_policy(ALLOW_ALL, &["meshward.mcp"]);
+        let id = identify(Ok(AGENT.into()), Some(cached), Direction::Outbound, None).unwrap();
+        let up = id.state.clusters["svc"].clone();
+        let limiter = RateLimiter::new();
+        let headers = HeaderMap::new();
+        assert!(authorize(&id, &up, &view("/ok", &headers), &limiter, None).is_ok());
+        for bad in ["/%zz", "/ok?a=1;b=2"] {
+            assert!(
+                matches!(
+                    authorize(&id, &up, &view(bad, &headers), &limiter, None),
+                    Err(Refusal::BadRequest(BadRequest::Input(_)))
+                ),
+                "{bad}"
+            );
+        }
+        // A malformed JSON body, too.
+        let mut json = HeaderMap::new();
+        json.insert("content-type", "application/json".parse().unwrap());
+        let mut with_body = view("/ok", &json);
+        with_body.body = Some(b"{\"a\":");
+        assert!(matches!(
+            authorize(&id, &up, &with_body, &limiter, None),
+            Err(Refusal::BadRequest(BadRequest::Input(_)))
+        ));
+        with_body.body = Some(b"{\"a\":1}");
+        assert!(authorize(&id, &up, &with_body, &limiter, None).is_ok());
+    }
+
+    #[test]
+    fn another_identity_never_hits_an_entry() {
+        let cached = state_with_policy(ALLOW_ALL, &["meshward.mcp"]);
+        let id = identify(
+            Ok(AGENT.into()),
+            Some(cached.clone()),
+            Direction::Outbound,
+            None,
+        )
+        .unwrap();
+        let up = id.state.clusters["svc"].clone();
+        let limiter = RateLimiter::new();
+        let headers = HeaderMap::new();
+        assert!(authorize(&id, &up, &view("/ok", &headers), &limiter, None).is_ok());
+        let cache = cached.policy.decision_cache().expect("declared");
+        assert_eq!(cache.len(), 1);
+        let stranger = identify(
+            Ok("spiffe://example.org/agent/stranger".into()),
+            Some(cached.clone()),
+            Direction::Outbound,
+            None,
+        )
+        .unwrap();
+        assert!(authorize(&stranger, &up, &view("/ok", &headers), &limiter, None).is_ok());
+        assert_eq!(cache.len(), 2);
     }
 
     #[test]

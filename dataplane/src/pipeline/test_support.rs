@@ -60,10 +60,31 @@ pub fn agent() -> Agent {
 }
 
 pub fn state() -> Arc<MeshState> {
+    state_with_data("{}")
+}
+
+/// The same state, with a bundle that declares a decision cache keyed by
+/// `inputs`.
+pub fn state_with_cache(inputs: &[&str]) -> Arc<MeshState> {
+    state_with_policy(POLICY, inputs)
+}
+
+/// A state whose bundle is `policy`, declaring a decision cache keyed by
+/// `inputs`.
+pub fn state_with_policy(policy: &str, inputs: &[&str]) -> Arc<MeshState> {
+    let data = serde_json::json!({"meshward": {"decision_cache": {"inputs": inputs}}});
+    state_from(policy, &data.to_string())
+}
+
+fn state_with_data(data_json: &str) -> Arc<MeshState> {
+    state_from(POLICY, data_json)
+}
+
+fn state_from(policy: &str, data_json: &str) -> Arc<MeshState> {
     let bundle = spec::policy_bundle(
         "r1",
-        &[("authz.rego".to_string(), POLICY.to_string())],
-        "{}".into(),
+        &[("authz.rego".to_string(), policy.to_string())],
+        data_json.into(),
         "data.meshward.authz.decision",
     );
     let policy = CompiledPolicy::compile(&bundle).unwrap_or_else(|e| panic!("{e}"));

@@ -117,6 +117,45 @@ pub fn document(attributes: &AttributeContext, mesh: &MeshFacts) -> Result<Value
     Ok(Value::Object(input))
 }
 
+/// The refusals [`document`] gives a sidecar's request with this path (and
+/// query), headers and buffered body, without building the document: what
+/// a request answered from the decision cache must still pass, so a cache
+/// hit never lets through what an evaluation would have refused as 400.
+pub fn check_request(
+    path: &str,
+    headers: &http::HeaderMap,
+    body: Option<&[u8]>,
+) -> Result<(), InputError> {
+    let (raw_path, raw_query) = path.split_once('?').unwrap_or((path, ""));
+    unescape(raw_path.as_bytes(), false)?;
+    parse_query(raw_query.as_bytes())?;
+    let Some(body) = body.filter(|b| !b.is_empty()) else {
+        return Ok(());
+    };
+    // The headers parsed_body reads, joined as the sidecar's attributes
+    // join them (super::input).
+    let mut read = std::collections::HashMap::new();
+    for name in [
+        "x-envoy-auth-partial-body",
+        "content-type",
+        "content-length",
+    ] {
+        let mut values = headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()));
+        if let Some(first) = values.next() {
+            let joined = values.fold(first.into_owned(), |mut all, v| {
+                all.push(',');
+                all.push_str(&v);
+                all
+            });
+            read.insert(name.to_string(), joined);
+        }
+    }
+    parsed_body(&read, "", body).map(|_| ())
+}
+
 fn meshward(m: &MeshFacts) -> Value {
     json!({
         "direction": m.checkpoint.as_str(),
@@ -416,7 +455,124 @@ fn hex(b: &u8) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::Direction;
+    use crate::policy::{Direction, RequestFacts, build_input};
+
+    /// A cache hit refuses exactly what building the sidecar's input refuses.
+    #[test]
+    fn check_request_refuses_what_the_input_refuses() {
+        type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<&'a [u8]>);
+        let cases: &[Case] = &[
+            ("/ok", &[], None),
+            ("/%zz", &[], None),
+            ("/a%2", &[], None),
+            ("/a?x=%zz", &[], None),
+            ("/a?x=1;y=2", &[], None),
+            ("/a?x=1&y=2+3", &[], None),
+            (
+                "/a",
+                &[("content-type", "application/json")],
+                Some(b"{\"a\":1}"),
+            ),
+            (
+                "/a",
+                &[("content-type", "application/json")],
+                Some(b"{\"a\":"),
+            ),
+            ("/a", &[("content-type", "application/json")], Some(b"")),
+            ("/a", &[("content-type", "text/plain")], Some(b"{\"a\":")),
+            (
+                "/a",
+                &[
+                    ("content-type", "application/json"),
+                    ("content-length", "x"),
+                ],
+                Some(b"{}"),
+            ),
+            (
+                "/a",
+                &[
+                    ("content-type", "application/json"),
+                    ("content-length", "99"),
+                ],
+                Some(b"{"),
+            ),
+            (
+                "/a",
+                &[
+                    ("content-type", "application/json"),
+                    ("content-type", "text/plain"),
+                ],
+                Some(b"{"),
+            ),
+            (
+                "/a",
+                &[
+                    ("content-type", "application/json"),
+                    ("x-envoy-auth-partial-body", "true"),
+                ],
+                Some(b"{"),
+            ),
+            (
+                "/a",
+                &[("content-type", "application/x-www-form-urlencoded")],
+                Some(b"a=1;b=2"),
+            ),
+            (
+                "/a",
+                &[("content-type", "application/x-www-form-urlencoded")],
+                Some(b"a=1&b=%zz"),
+            ),
+            (
+                "/a",
+                &[(
+                    "content-type",
+                    "multipart/form-data; boundary=\"unterminated",
+                )],
+                Some(b"--x"),
+            ),
+            (
+                "/a",
+                &[("content-type", "application/json")],
+                Some(b"\xff\xfe"),
+            ),
+        ];
+        let mut refused = 0;
+        for (path, headers, body) in cases {
+            let mut map = http::HeaderMap::new();
+            for (k, v) in *headers {
+                map.append(*k, v.parse().unwrap());
+            }
+            let facts = RequestFacts {
+                checkpoint: Direction::Inbound.into(),
+                method: "POST",
+                path,
+                raw_path: path,
+                host: "h",
+                scheme: "https",
+                protocol: "HTTP/2",
+                headers: &map,
+                body: *body,
+                request_id: "r",
+                source_principal: None,
+                destination_principal: None,
+                source_address: None,
+                destination_address: None,
+                caller: None,
+                service: None,
+            };
+            let built = build_input(&facts).err();
+            assert_eq!(
+                check_request(path, &map, *body).err(),
+                built,
+                "{path} {headers:?} {body:?}"
+            );
+            refused += usize::from(built.is_some());
+        }
+        assert!(
+            refused >= 8,
+            "only {refused} refusals: the table tests too little"
+        );
+    }
     use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
 
     fn attrs(path: &str, headers: &[(&str, &str)], body: &str) -> AttributeContext {

@@ -29,6 +29,7 @@ use regorus::rvm::{Program, RegoVM};
 use regorus::utils::limits::ExecutionTimerConfig;
 
 use super::PolicyError;
+use super::cache::DecisionCache;
 use super::decision::{Decision, UNDEFINED_REASON};
 
 /// Wall-clock budget for one evaluation; beyond it the request is denied
@@ -50,6 +51,9 @@ pub struct CompiledPolicy {
     revision: String,
     decision_rule: String,
     evaluator: Evaluator,
+    /// The bundle's decision cache, when it declares one; new (empty) with
+    /// every revision.
+    cache: Option<Arc<DecisionCache>>,
 }
 
 /// How a compiled bundle is evaluated.
@@ -130,6 +134,7 @@ impl CompiledPolicy {
 
         let decision_rule = bundle.decision.trim().to_string();
         check_decision_rule(&engine, bundle, &decision_rule, &packages)?;
+        let cache = decision_cache(bundle)?;
 
         // Analysis and scheduling run on the first evaluation; force them now
         // with a query that touches no rule, so errors they find (unsafe
@@ -190,7 +195,13 @@ impl CompiledPolicy {
             revision: bundle.revision.clone(),
             decision_rule,
             evaluator,
+            cache,
         })
+    }
+
+    /// The bundle's decision cache, if it declares one.
+    pub fn decision_cache(&self) -> Option<&DecisionCache> {
+        self.cache.as_deref()
     }
 
     /// The bundle revision this was compiled from.
@@ -352,6 +363,30 @@ fn rego_value(json: &serde_json::Value) -> regorus::Value {
                 .collect::<std::collections::BTreeMap<_, _>>(),
         ),
     }
+}
+
+/// The cache the bundle declares (see [`super::cache`]), checked against
+/// its modules.
+fn decision_cache(bundle: &PolicyBundle) -> Result<Option<Arc<DecisionCache>>, PolicyError> {
+    let data: serde_json::Value = if bundle.data_json.trim().is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&bundle.data_json).map_err(|e| PolicyError::Data {
+            bundle: bundle.name.clone(),
+            message: e.to_string(),
+        })?
+    };
+    let modules: Vec<(&str, &str)> = bundle
+        .modules
+        .iter()
+        .map(|m| (m.path.as_str(), m.source.as_str()))
+        .collect();
+    DecisionCache::for_bundle(&data, &modules)
+        .map(|c| c.map(Arc::new))
+        .map_err(|e| PolicyError::Cache {
+            bundle: bundle.name.clone(),
+            message: e.to_string(),
+        })
 }
 
 /// The decision path must be `data.<package path>.<rule>` for some loaded

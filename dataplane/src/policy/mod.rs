@@ -13,11 +13,15 @@
 //!   requests on pooled VMs, because walking the syntax tree per request is
 //!   several times slower (bundles the VM cannot compile fall back to the
 //!   interpreter).
+//! - [`cache`] remembers decisions per value of the input fields a bundle
+//!   declares (and is checked to read), so the same question is not
+//!   evaluated twice within a revision.
 //! - [`decision`] reads the decision rule's value with opa-envoy-plugin's
 //!   contract (a bool, or an object with `allowed`, `headers`, ...). Anything
 //!   it cannot read is an error, and every error denies: the policy layer
 //!   fails closed.
 
+pub mod cache;
 pub mod decision;
 pub mod document;
 pub mod engine;
@@ -28,8 +32,9 @@ pub mod protomap;
 #[cfg(test)]
 mod rego_tests;
 
+pub use cache::DecisionCache;
 pub use decision::Decision;
-pub use document::{InputError, MeshFacts, document};
+pub use document::{InputError, MeshFacts, check_request, document};
 pub use engine::CompiledPolicy;
 pub use input::{CallerFacts, Checkpoint, Direction, RequestFacts, ServiceFacts, build_input};
 
@@ -56,6 +61,9 @@ pub enum PolicyError {
         rule: String,
         message: String,
     },
+    /// The bundle declares a decision cache its modules do not honour.
+    #[error("policy bundle {bundle:?}: decision cache: {message}")]
+    Cache { bundle: String, message: String },
     /// The input document could not be handed to the engine.
     #[error("policy input: {0}")]
     Input(String),

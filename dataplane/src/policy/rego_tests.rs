@@ -442,11 +442,98 @@ fn undefined_decision_denies() {
     let mut bundle = load_bundle(false);
     bundle.modules.push(RegoModule {
         path: "extra/undef.rego".into(),
-        source: "package extra\n\ndecision := {\"allowed\": true} if input.never\n".into(),
+        source: "package extra\n\ndecision := {\"allowed\": true} if input.meshward.caller.never\n"
+            .into(),
     });
     bundle.decision = "data.extra.decision".into();
     let p = CompiledPolicy::compile(&bundle).unwrap();
     let d = p.evaluate(&json!({})).unwrap();
     assert!(!d.allowed);
     assert_eq!(d.reason.as_deref(), Some(UNDEFINED_REASON));
+}
+
+/// The reference bundle declares a decision cache, and what it leaves out
+/// of the key does not change its decisions: for each caller, service,
+/// method and path, requests that differ only in undeclared facts (id,
+/// headers, body, addresses, the path as it arrived, host, protocol) share a key
+/// and get the decision the first one got.
+#[test]
+fn reference_decisions_depend_only_on_the_declared_inputs() {
+    let p = reference();
+    let cache = p
+        .decision_cache()
+        .expect("the reference bundle declares a cache");
+    let agents = [support_triage(), billing_bot()];
+    let services = [
+        service("hello-skill", "platform", "public"),
+        service("billing-system", "finance", "restricted"),
+        service("customer-lookup", "customer-success", "internal"),
+    ];
+    let plain = http::HeaderMap::new();
+    let mut noisy = http::HeaderMap::new();
+    noisy.insert("user-agent", "other/2".parse().unwrap());
+    noisy.insert("x-request-id", "req-2".parse().unwrap());
+    noisy.insert("content-type", "application/json".parse().unwrap());
+    let mut outcomes = std::collections::HashSet::new();
+    for caller in agents.iter().map(Some).chain([None]) {
+        for svc in &services {
+            for method in ["GET", "POST", "DELETE"] {
+                for path in ["/say-hello", "/admin/x", "/update-record", "/invoices?x=1"] {
+                    let facts =
+                        |headers, request_id, raw_path, host, protocol, port| RequestFacts {
+                            checkpoint: Direction::Inbound.into(),
+                            method,
+                            path,
+                            raw_path,
+                            host,
+                            scheme: "https",
+                            protocol,
+                            headers,
+                            body: None,
+                            request_id,
+                            source_principal: Some(
+                                caller.map_or("spiffe://example.org/agent/stranger", |a| {
+                                    a.spiffe_id.as_str()
+                                }),
+                            ),
+                            destination_principal: Some(&svc.spiffe_id),
+                            source_address: Some(std::net::SocketAddr::from((
+                                [127, 0, 0, 1],
+                                port,
+                            ))),
+                            destination_address: None,
+                            caller: caller.map(|a| CallerFacts {
+                                spiffe_id: &a.spiffe_id,
+                                name: a.name,
+                                attributes: &a.attributes,
+                                permissions: &a.permissions,
+                            }),
+                            service: Some(ServiceFacts {
+                                name: svc.name,
+                                spiffe_id: &svc.spiffe_id,
+                                metadata: &svc.metadata,
+                            }),
+                        };
+                    let first = facts(&plain, "req-1", path, svc.name, "HTTP/1.1", 41000);
+                    let other = facts(&noisy, "req-2", "/x/../y", "elsewhere", "HTTP/2", 42000);
+                    let mut other = other;
+                    other.body = Some(br#"{"name":"Ada"}"#);
+                    assert_eq!(cache.key(&other), cache.key(&first));
+                    let eval = |f: &RequestFacts| {
+                        p.evaluate(&build_input(f).expect("input"))
+                            .unwrap_or_else(|e| panic!("{e}"))
+                    };
+                    let decision = eval(&first);
+                    assert_eq!(eval(&other), decision, "{method} {path} to {}", svc.name);
+                    outcomes.insert((decision.allowed, decision.reason.clone()));
+                }
+            }
+        }
+    }
+    // The matrix reaches allows and several distinct denials.
+    assert!(outcomes.iter().any(|(allowed, _)| *allowed), "{outcomes:?}");
+    assert!(
+        outcomes.iter().filter(|(allowed, _)| !allowed).count() >= 4,
+        "{outcomes:?}"
+    );
 }
