@@ -5,10 +5,28 @@
 #             inbound dataplane -> skill (policy + limits + breakers on both sides)
 #   envoy     client -> Envoy outbound (plain listener) -> mTLS h2 -> Envoy inbound
 #             (client cert required) -> the same skill (the peer: no authz filter)
+#   envoy-opa the envoy topology with a second Envoy pair whose HTTP
+#             connection managers also run ext_authz (gRPC) against an
+#             opa-envoy-plugin beside each Envoy (two OPA processes, the
+#             sidecar layout) on the same Rego bundle: the seed's stack
+#             (issue 12, target 2)
 # in one run, with h2load over HTTP/1.1 and h2c (prior knowledge), loopback only.
 # Both Envoys take their SVIDs and bundle from the running `meshward up` dev
 # identity server's SDS (billing-bot's socket for outbound, hello-skill's for
 # inbound), so both meshes use the same identities and CA.
+#
+# envoy-opa: the bundle reads input.meshward (caller, service), which only
+# Meshward adds, so each plugin evaluates benches/proxy/opa/bench_adapter.rego
+# over the parity test's adapter (tests/fixtures/ext_authz/adapter): caller
+# and service are looked up in a registry written from the bench's mesh file
+# (benches/proxy/opa_registry.py). The outbound Envoy's plain listener has no
+# peer certificate, so its route names the caller (billing-bot, the sidecar's
+# own identity, as Meshward's outbound dataplane judges it) and the service
+# in ext_authz context extensions; the inbound OPA sees the verified peer
+# URI SAN (see benches/proxy/envoy_bootstrap.py). Before measuring, the script
+# checks that an allowed request gets 200 and a denied one (billing-bot
+# DELETE on hello-skill: a write, and billing-bot lacks data:write) gets 403
+# through meshward and envoy-opa.
 #
 # The mesh runs from a copy of deploy/local/mesh.yaml and policies/ with every
 # rate limit raised to 1e6 rps (and concurrency caps to 1e5) so the benchmark
@@ -16,10 +34,18 @@
 # both sides for every request.
 #
 # Knobs (environment): DURATION (s per case, default 10), WARMUP (s, default 2),
-# CONCURRENCY (default "1 32"), PROTOS (default "h1 h2c"), TARGETS (default
-# "direct meshward envoy"), ENVOY_CONCURRENCY (workers per Envoy, default 1:
+# CONCURRENCY (default "1 32", with RATE "1"), PROTOS (default "h1 h2c"), TARGETS (default
+# "direct meshward envoy"; add envoy-opa for the seed's stack),
+# ENVOY_CONCURRENCY (workers per Envoy, default 1:
 # two Envoys x 1 worker against Meshward's one process on a 2-core box),
-# MESHWARD_ENVOY (Envoy binary), OUT (results dir, default target/bench-proxy),
+# MESHWARD_ENVOY (Envoy binary), MESHWARD_OPA_ENVOY (opa-envoy-plugin,
+# default .tools/bin/opa-envoy-plugin from scripts/install-opa-envoy.sh),
+# RATE (req/s; when set, every case runs at this fixed total rate instead of
+# as fast as it goes: h2load --rps=round(RATE/conc) per connection, a whole
+# number, so c=32 at RATE=1000 offers 992 req/s, in bursts of 32 (the
+# connections' timers tick together); the offered rate is in the report;
+# issue 12's "p99 at a fixed 1,000 req/s": RATE=1000 with the default c=1),
+# OUT (results dir, default target/bench-proxy),
 # MESHWARD_BIN (measure this binary instead of building; for A/B runs),
 # POLICY_DIR (policy bundle to copy, default policies/),
 # KEEP=1 (leave the temp dir), PERF=1 (after the measured cases, an extra
@@ -46,30 +72,40 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
+LOG_TAG=proxy.sh
+# shellcheck source=benches/common/proxy_lib.sh
+source "$REPO/benches/common/proxy_lib.sh"
 
 DURATION=${DURATION:-10}
 WARMUP=${WARMUP:-2}
-CONCURRENCY=${CONCURRENCY:-"1 32"}
+# With RATE, one connection by default: h2load's per-connection --rps timers
+# tick in step, so c connections send bursts of c requests every c/RATE s;
+# one connection sends one request every 1/RATE s.
+CONCURRENCY=${CONCURRENCY:-$([ -n "${RATE:-}" ] && echo 1 || echo "1 32")}
 PROTOS=${PROTOS:-"h1 h2c"}
 TARGETS=${TARGETS:-"direct meshward envoy"}
 TARGETS_ARG=$TARGETS
 ENVOY_CONCURRENCY=${ENVOY_CONCURRENCY:-1}
 OUT=${OUT:-$REPO/target/bench-proxy}
-ENVOY=${MESHWARD_ENVOY:-$(ls "$REPO"/.venv/lib/python3.*/site-packages/envoy/_bin/envoy 2>/dev/null | head -1 || true)}
+ENVOY=$(find_envoy)
+OPA_ENVOY=${MESHWARD_OPA_ENVOY:-$REPO/.tools/bin/opa-envoy-plugin}
+RATE=${RATE:-}
 READY_TIMEOUT=60
 
-log() { echo "proxy.sh: $*" >&2; }
-die() { log "$*"; exit 1; }
-
 # --- tools -------------------------------------------------------------------
-if ! command -v h2load >/dev/null; then
-    [ "$(id -u)" = 0 ] || die "h2load missing: apt-get install nghttp2-client (as root)"
-    log "installing nghttp2-client (h2load)"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nghttp2-client >/dev/null
-fi
-for t in curl jq python3; do command -v "$t" >/dev/null || die "$t is required"; done
-if [[ " $TARGETS " == *" envoy "* ]]; then
+# shellcheck disable=SC2119
+require_tools
+if [[ " $TARGETS " == *" envoy "* || " $TARGETS " == *" envoy-opa "* ]]; then
     [ -x "${ENVOY:-}" ] || die "Envoy not found (${ENVOY:-none}): run scripts/install-python-peers.sh or set MESHWARD_ENVOY"
+fi
+if [[ " $TARGETS " == *" envoy-opa "* ]]; then
+    [ -x "$OPA_ENVOY" ] || die "opa-envoy-plugin not found ($OPA_ENVOY): run scripts/install-opa-envoy.sh or set MESHWARD_OPA_ENVOY"
+fi
+if [ -n "$RATE" ]; then
+    [[ "$RATE" =~ ^[1-9][0-9]*$ ]] || die "RATE must be a whole number of requests per second"
+    for conc in $CONCURRENCY; do
+        [ $(((RATE + conc / 2) / conc)) -ge 1 ] || die "RATE=$RATE is below one request per second per connection at concurrency $conc"
+    done
 fi
 
 if [ -n "${MESHWARD_BIN:-}" ]; then
@@ -95,12 +131,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-cp -r "${POLICY_DIR:-policies}" "$TMP/policies"
-sed -e 's#^\(\s*dir:\s*\).*#\1policies#' \
-    -e 's#^\(\s*requests_per_second:\s*\).*#\11000000#' \
-    -e 's#^\(\s*burst:\s*\).*#\11000000#' \
-    -e 's#^\(\s*max_concurrent:\s*\).*#\1100000#' \
-    deploy/local/mesh.yaml >"$TMP/mesh.yaml"
+bench_mesh "$TMP"
 "$MESHWARD" validate "$TMP/mesh.yaml" >&2 || die "the benchmark mesh config does not validate"
 
 TRACING=${TRACING:-}
@@ -117,22 +148,8 @@ if [ -n "$TRACING" ]; then
     fi
 fi
 
-# Polls `cmd...` every 100 ms until it succeeds; dies after READY_TIMEOUT
-# (or when a mesh exits).
+# wait_until (benches/common/proxy_lib.sh) gives up when a mesh exits.
 MESH_PIDS=()
-wait_until() {
-    local what=$1 pid
-    shift
-    local deadline=$((SECONDS + READY_TIMEOUT))
-    until "$@" >/dev/null 2>&1; do
-        [ $SECONDS -lt $deadline ] || die "timed out waiting for $what"
-        for pid in "${MESH_PIDS[@]}"; do
-            kill -0 "$pid" 2>/dev/null || die "a meshward up exited; logs: $(tail -20 "$TMP"/up*.log)"
-        done
-        sleep 0.1
-    done
-}
-ok200() { [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$@")" = 200 ]; }
 
 # --- the collector (TRACING only) ------------------------------------------------
 if [[ "$TRACING" =~ [0-9] ]]; then
@@ -175,6 +192,7 @@ start_mesh() {
         >"$TMP/up$sfx.out" 2>"$TMP/up$sfx.log" &
     MESH_PIDS+=("$!")
     PIDS+=("$!")
+    WATCHED[$!]=$TMP/up$sfx.log
 }
 # Target name of tracing mode $1.
 mode_target() { if [ "$1" = off ]; then echo meshward; else echo "meshward-t$1"; fi; }
@@ -212,33 +230,41 @@ BB_OUT=${MESH_OUT[meshward]}
 log "mesh ready: billing-bot outbound $BB_OUT, skill backend $BACKEND"
 
 # --- Envoy, the peer -------------------------------------------------------------
-# Starts Envoy with bootstrap $2 (name $1); sets ENVOY_PORT to its listener's port.
-start_envoy() {
-    local name=$1 config=$2
-    "$ENVOY" --config-path "$config" --admin-address-path "$TMP/$name.admin" \
-        --disable-hot-restart --concurrency "$ENVOY_CONCURRENCY" \
-        --log-level warn --log-path "$TMP/$name.log" </dev/null >/dev/null 2>&1 &
-    local pid=$!
-    PIDS+=("$pid")
-    local deadline=$((SECONDS + READY_TIMEOUT))
-    # LIVE once the listener is warm, i.e. its SDS secrets arrived.
-    until [ -s "$TMP/$name.admin" ] && ok200 "http://$(cat "$TMP/$name.admin")/ready"; do
-        kill -0 "$pid" 2>/dev/null || die "envoy $name exited; log: $(tail -20 "$TMP/$name.log")"
-        [ $SECONDS -lt $deadline ] || die "timed out waiting for envoy $name; log: $(tail -20 "$TMP/$name.log")"
-        sleep 0.1
-    done
-    ENVOY_PORT=$(curl -s "http://$(cat "$TMP/$name.admin")/listeners?format=json" |
-        jq -r '.listener_statuses[0].local_address.socket_address.port_value')
-}
+# start_envoy: benches/common/proxy_lib.sh.
 if [[ " $TARGETS " == *" envoy "* ]]; then
     python3 benches/proxy/envoy_bootstrap.py inbound "$HS_SOCK" "$HS_ID" "$TD" "${BACKEND##*:}" >"$TMP/inbound.json"
-    start_envoy inbound "$TMP/inbound.json"
+    start_envoy inbound "$TMP/inbound.json" "$ENVOY_CONCURRENCY"
     ENVOY_IN=$ENVOY_PORT
     python3 benches/proxy/envoy_bootstrap.py outbound "$BB_SOCK" "$BB_ID" "$TD" hello-skill "$ENVOY_IN" "$HS_ID" >"$TMP/outbound.json"
-    start_envoy outbound "$TMP/outbound.json"
+    start_envoy outbound "$TMP/outbound.json" "$ENVOY_CONCURRENCY"
     ENVOY_OUT=127.0.0.1:$ENVOY_PORT
     wait_until "a request through Envoy" ok200 "http://$ENVOY_OUT/mcp://hello-skill/bench"
     log "envoy ready: outbound $ENVOY_OUT -> inbound 127.0.0.1:$ENVOY_IN -> $BACKEND"
+fi
+
+# --- Envoy + ext_authz + opa-envoy-plugin, the seed's stack -------------------------
+# One plugin per Envoy (the sidecar layout), both on the bench's copy of the
+# bundle without *_test.rego (Meshward does not load those either).
+OPA_PIDS=()
+if [[ " $TARGETS " == *" envoy-opa "* ]]; then
+    mkdir -p "$TMP/opa-bundle"
+    (cd "$TMP/policies" && find . -type f ! -name '*_test.rego' -exec cp --parents {} "$TMP/opa-bundle/" \;)
+    opa_registry "$TMP/mesh.yaml" "$TMP/opa-registry.json"
+    read -r OPA_IN_GRPC OPA_IN_HTTP OPA_OUT_GRPC OPA_OUT_HTTP < <(free_ports 4)
+    start_opa opa-inbound "$OPA_IN_GRPC" "$OPA_IN_HTTP" "$TMP/opa-bundle" "$TMP/opa-registry.json"
+    OPA_PIDS+=("$OPA_PID")
+    start_opa opa-outbound "$OPA_OUT_GRPC" "$OPA_OUT_HTTP" "$TMP/opa-bundle" "$TMP/opa-registry.json"
+    OPA_PIDS+=("$OPA_PID")
+    python3 benches/proxy/envoy_bootstrap.py inbound "$HS_SOCK" "$HS_ID" "$TD" "${BACKEND##*:}" \
+        --ext-authz "$OPA_IN_GRPC" hello-skill >"$TMP/opa-inbound-envoy.json"
+    start_envoy opa-inbound-envoy "$TMP/opa-inbound-envoy.json" "$ENVOY_CONCURRENCY"
+    OPA_ENVOY_IN=$ENVOY_PORT
+    python3 benches/proxy/envoy_bootstrap.py outbound "$BB_SOCK" "$BB_ID" "$TD" hello-skill "$OPA_ENVOY_IN" "$HS_ID" \
+        --ext-authz "$OPA_OUT_GRPC" >"$TMP/opa-outbound-envoy.json"
+    start_envoy opa-outbound-envoy "$TMP/opa-outbound-envoy.json" "$ENVOY_CONCURRENCY"
+    OPA_ENVOY_OUT=127.0.0.1:$ENVOY_PORT
+    wait_until "a request through Envoy + OPA" ok200 "http://$OPA_ENVOY_OUT/mcp://hello-skill/bench"
+    log "envoy-opa ready: outbound $OPA_ENVOY_OUT (OPA :$OPA_OUT_GRPC) -> inbound 127.0.0.1:$OPA_ENVOY_IN (OPA :$OPA_IN_GRPC) -> $BACKEND"
 fi
 
 # Both meshes must deliver the caller's verified identity (proof that the
@@ -250,27 +276,35 @@ check_identity() {
 }
 for t in "${!MESH_OUT[@]}"; do check_identity "$t" "http://${MESH_OUT[$t]}/mcp://hello-skill/bench"; done
 [ -z "${ENVOY_OUT:-}" ] || check_identity envoy "http://$ENVOY_OUT/mcp://hello-skill/bench"
+[ -z "${OPA_ENVOY_OUT:-}" ] || check_identity envoy-opa "http://$OPA_ENVOY_OUT/mcp://hello-skill/bench"
+
+# The paths that enforce the policy must also refuse what it denies:
+# billing-bot may invoke hello-skill (GET /bench: 200, checked above) but not
+# write to it (DELETE is a write; billing-bot lacks data:write): 403.
+check_denied() {
+    local got
+    got=$(http_code -X DELETE "$2")
+    [ "$got" = 403 ] || die "$1: DELETE $2 (denied by the policy) answered $got, expected 403"
+}
+for t in "${!MESH_OUT[@]}"; do check_denied "$t" "http://${MESH_OUT[$t]}/mcp://hello-skill/bench"; done
+[ -z "${OPA_ENVOY_OUT:-}" ] || check_denied envoy-opa "http://$OPA_ENVOY_OUT/mcp://hello-skill/bench"
 
 url_for() {
     case $1 in
         direct) echo "http://$BACKEND/bench" ;;
         meshward*) echo "http://${MESH_OUT[$1]}/mcp://hello-skill/bench" ;;
         envoy) echo "http://$ENVOY_OUT/mcp://hello-skill/bench" ;;
+        envoy-opa) echo "http://$OPA_ENVOY_OUT/mcp://hello-skill/bench" ;;
     esac
 }
 
-# CPU time (clock ticks) of the server-side processes: meshward up (both
-# dataplanes and the skill) and, when running, both Envoys.
+# CPU time (clock ticks, cpu_ticks in benches/common/proxy_lib.sh) of the
+# server-side processes: meshward up (both dataplanes and the skill) and,
+# when running, both Envoys of each Envoy pair and both opa-envoy-plugins.
+# Every row sums the same processes (the idle ones too).
 # With TRACING: every mesh, not the collector (counted on its own).
 SERVER_PIDS=()
 for pid in "${PIDS[@]}"; do [ "$pid" = "$JAEGER_PID" ] || SERVER_PIDS+=("$pid"); done
-cpu_ticks() {
-    local pid total=0
-    for pid in "$@"; do
-        total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
-    done
-    echo "$total"
-}
 HZ=$(getconf CLK_TCK)
 MAXCONC=$(tr ' ' '\n' <<<"$CONCURRENCY" | sort -n | tail -1)
 
@@ -312,17 +346,27 @@ for proto in $PROTOS; do
             log "$name: $DURATION s"
             before=$(cpu_ticks "${SERVER_PIDS[@]}")
             [ -z "$JAEGER_PID" ] || jbefore=$(cpu_ticks "$JAEGER_PID")
-            # One request in flight per connection: `conc` connections.
+            # One request in flight per connection: `conc` connections;
+            # with RATE, each connection sends RATE/conc requests a second.
+            # (h2load's --rps is per connection and a whole number.)
+            rps=() offered=
+            if [ -n "$RATE" ]; then
+                rps=(--rps=$(((RATE + conc / 2) / conc)))
+                offered=$((((RATE + conc / 2) / conc) * conc))
+            fi
             # shellcheck disable=SC2086
-            h2load $flag -t 1 -c "$conc" -m 1 -D "$DURATION" --warm-up-time="$WARMUP" \
+            h2load $flag -t 1 -c "$conc" -m 1 ${rps[@]+"${rps[@]}"} -D "$DURATION" --warm-up-time="$WARMUP" \
                 --log-file="$OUT/$name.log" "$(url_for "$target")" >"$OUT/$name.out" 2>&1 ||
                 die "h2load failed for $name: $(tail -5 "$OUT/$name.out")"
             after=$(cpu_ticks "${SERVER_PIDS[@]}")
-            [ -z "$JAEGER_PID" ] || export COLLECTOR_CPU_SECONDS=$(python3 -c "print(($(cpu_ticks "$JAEGER_PID") - $jbefore) / $HZ)")
+            if [ -n "$JAEGER_PID" ]; then
+                COLLECTOR_CPU_SECONDS=$(python3 -c "print(($(cpu_ticks "$JAEGER_PID") - $jbefore) / $HZ)")
+                export COLLECTOR_CPU_SECONDS
+            fi
             # Server CPU per request: ticks over warm-up + run, divided by the
             # requests of the run scaled to warm-up + run (same rate assumed).
             CPU_SECONDS=$(python3 -c "print(($after - $before) / $HZ)") \
-                SPAN=$((DURATION + WARMUP)) REP=$rep python3 benches/proxy/summarize.py case "$target" "$proto" "$conc" \
+                SPAN=$((DURATION + WARMUP)) REP=$rep FIXED_RATE=$offered python3 benches/proxy/summarize.py case "$target" "$proto" "$conc" \
                 "$OUT/$name.out" "$OUT/$name.log" >>"$CASES"
         done
         done
@@ -389,15 +433,20 @@ fi
 
 # --- report ----------------------------------------------------------------------------
 {
-    echo "Run: \`${TRACING:+TRACING=\"$TRACING\" REPEAT=$REPEAT TARGETS=\"$TARGETS_ARG\" PROTOS=\"$PROTOS\" }DURATION=$DURATION WARMUP=$WARMUP CONCURRENCY=\"$CONCURRENCY\" ENVOY_CONCURRENCY=$ENVOY_CONCURRENCY bash benches/proxy.sh\`"
+    echo "Run: \`${TRACING:+TRACING=\"$TRACING\" REPEAT=$REPEAT }${RATE:+RATE=$RATE }TARGETS=\"$TARGETS_ARG\" PROTOS=\"$PROTOS\" DURATION=$DURATION WARMUP=$WARMUP CONCURRENCY=\"$CONCURRENCY\" ENVOY_CONCURRENCY=$ENVOY_CONCURRENCY bash benches/proxy.sh\`"
     echo
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC')"
     dirty=$(git status --porcelain -- . ':!benches' 2>/dev/null | awk '{print $2}' | tr '\n' ' ')
     echo "- revision: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)${dirty:+ + uncommitted changes in: $dirty}; binary sha256 $(sha256sum "$MESHWARD" | cut -c1-12)"
-    echo "- machine: $(nproc) CPUs, $(lscpu | sed -n 's/^Model name:\s*//p' | head -1), $(free -g | awk '/^Mem:/ {print $2}') GiB RAM"
+    echo "- machine: $(machine_line)"
     echo "- load before: ${LOAD_BEFORE#*load average: }; after: ${LOAD_AFTER#*load average: } (1/5/15 min)"
-    echo "- tools: $(h2load --version | head -1), Envoy $("$ENVOY" --version 2>/dev/null | grep -o '/1\.[0-9.]*/' | tr -d / || echo n/a)"
-    echo "- each case: h2load -t 1 -c <conc> -m 1, ${DURATION} s after ${WARMUP} s warm-up; mean from h2load, p50/p99 from its per-request log; server CPU = user+sys of \`meshward up\` (both dataplanes + the skill) and both Envoys, per request (the skill's own cost is in every row, see \`direct\`)"
+    echo "- tools: $(h2load --version | head -1), Envoy $(envoy_version)${OPA_PIDS[0]:+, opa-envoy-plugin $("$OPA_ENVOY" version 2>/dev/null | sed -n 's/^Version: *//p' | head -1)}"
+    if [ -n "$RATE" ]; then
+        echo "- each case: fixed rate, h2load -t 1 -c <conc> -m 1 --rps=round($RATE/<conc>) (per connection; offered rates in the table's note), ${DURATION} s after ${WARMUP} s warm-up; h2load times each request from when it is sent, so a path that cannot keep up shows a lower req/s, not a queue in p99"
+    else
+        echo "- each case: h2load -t 1 -c <conc> -m 1, ${DURATION} s after ${WARMUP} s warm-up"
+    fi
+    echo "- mean from h2load, p50/p99 from its per-request log; server CPU = user+sys of \`meshward up\` (both dataplanes + the skill)${ENVOY_OUT:+, both Envoys}${OPA_ENVOY_OUT:+, the envoy-opa pair and both opa-envoy-plugins}, summed in every row, per request (the skill's own cost is in every row, see \`direct\`)"
     echo
     python3 benches/proxy/summarize.py report "$CASES"
     if [ -n "$TRACING" ]; then

@@ -14,8 +14,20 @@ Certificates and bundles come from the `meshward up` dev identity server's SDS
 (one Unix socket per workload, the way a SPIRE agent serves Envoy), so both
 peers use the same identities and the same CA.
 
-Usage: envoy_bootstrap.py outbound <sds_socket> <own_id> <trust_domain> <service> <upstream_port> <server_id>
-       envoy_bootstrap.py inbound  <sds_socket> <own_id> <trust_domain> <backend_port>
+With `--ext-authz <port>` (the envoy-opa target) each HTTP connection manager
+also runs `envoy.filters.http.ext_authz` (gRPC, envoy.service.auth.v3, no
+body, fail closed) against the opa-envoy-plugin on 127.0.0.1:<port>, before
+the router. The route names the destination for the policy adapter in
+context extensions (static sidecar configuration, never request data):
+`meshward_service` on both sides (the Host the client sent is a loopback
+address, not the service), and on the outbound side `meshward_caller` = the
+agent's own SPIFFE ID, because its plain listener has no peer certificate
+(Meshward's outbound dataplane judges with caller = its own identity too).
+The inbound side's caller is the verified peer URI SAN Envoy reports as
+`source.principal`. See benches/proxy/opa/bench_adapter.rego.
+
+Usage: envoy_bootstrap.py outbound <sds_socket> <own_id> <trust_domain> <service> <upstream_port> <server_id> [--ext-authz <port>]
+       envoy_bootstrap.py inbound  <sds_socket> <own_id> <trust_domain> <backend_port> [--ext-authz <port> <service>]
 Prints the bootstrap as JSON on stdout. Listener and admin ports are 0; the
 script reads the bound ports from the admin API.
 """
@@ -78,7 +90,35 @@ def static_cluster(name, port, extra):
     return cluster
 
 
-def hcm(stat_prefix, route, request_headers_to_add=None):
+def ext_authz_filter():
+    return {
+        "name": "envoy.filters.http.ext_authz",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+            "transport_api_version": "V3",
+            "grpc_service": {"envoy_grpc": {"cluster_name": "ext_authz"}, "timeout": "2s"},
+            "failure_mode_allow": False,
+        },
+    }
+
+
+def with_context_extensions(route, extensions):
+    """The route with ext_authz context extensions (per-route config)."""
+    route = dict(route)
+    route["typed_per_filter_config"] = {
+        "envoy.filters.http.ext_authz": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute",
+            "check_settings": {"context_extensions": extensions},
+        }
+    }
+    return route
+
+
+def ext_authz_cluster(port):
+    return static_cluster("ext_authz", port, {"typed_extension_protocol_options": H2_OPTIONS})
+
+
+def hcm(stat_prefix, route, request_headers_to_add=None, ext_authz=False):
     route_config = {
         "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route]}],
     }
@@ -91,7 +131,8 @@ def hcm(stat_prefix, route, request_headers_to_add=None):
             "stat_prefix": stat_prefix,
             "codec_type": "AUTO",
             "route_config": route_config,
-            "http_filters": [
+            "http_filters": ([ext_authz_filter()] if ext_authz else [])
+            + [
                 {
                     "name": "envoy.filters.http.router",
                     "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
@@ -109,11 +150,13 @@ def bootstrap(node, listener, clusters):
     }
 
 
-def outbound(socket, own_id, td, service, upstream_port, server_id):
+def outbound(socket, own_id, td, service, upstream_port, server_id, authz_port=None):
     route = {
         "match": {"prefix": f"/mcp://{service}/"},
         "route": {"cluster": service, "prefix_rewrite": "/"},
     }
+    if authz_port:
+        route = with_context_extensions(route, {"meshward_service": service, "meshward_caller": own_id})
     upstream_tls = {
         "transport_socket": {
             "name": "envoy.transport_sockets.tls",
@@ -139,17 +182,18 @@ def outbound(socket, own_id, td, service, upstream_port, server_id):
     listener = {
         "name": "outbound",
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
-        "filter_chains": [{"filters": [hcm("outbound", route)]}],
+        "filter_chains": [{"filters": [hcm("outbound", route, ext_authz=bool(authz_port))]}],
     }
-    return bootstrap(
-        "bench-outbound",
-        listener,
-        [sds_cluster(socket), static_cluster(service, upstream_port, upstream_tls)],
-    )
+    clusters = [sds_cluster(socket), static_cluster(service, upstream_port, upstream_tls)]
+    if authz_port:
+        clusters.append(ext_authz_cluster(authz_port))
+    return bootstrap("bench-outbound", listener, clusters)
 
 
-def inbound(socket, own_id, td, backend_port):
+def inbound(socket, own_id, td, backend_port, authz_port=None, service=None):
     route = {"match": {"prefix": "/"}, "route": {"cluster": "backend"}}
+    if authz_port:
+        route = with_context_extensions(route, {"meshward_service": service})
     add = [
         {
             "header": {"key": "x-agent-id", "value": "%DOWNSTREAM_PEER_URI_SAN%"},
@@ -161,7 +205,7 @@ def inbound(socket, own_id, td, backend_port):
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
         "filter_chains": [
             {
-                "filters": [hcm("inbound", route, add)],
+                "filters": [hcm("inbound", route, add, ext_authz=bool(authz_port))],
                 "transport_socket": {
                     "name": "envoy.transport_sockets.tls",
                     "typed_config": {
@@ -178,15 +222,22 @@ def inbound(socket, own_id, td, backend_port):
         ],
     }
     # The backend speaks HTTP/1.1, as Meshward's inbound uses for non-gRPC apps.
-    return bootstrap("bench-inbound", listener, [sds_cluster(socket), static_cluster("backend", backend_port, {})])
+    clusters = [sds_cluster(socket), static_cluster("backend", backend_port, {})]
+    if authz_port:
+        clusters.append(ext_authz_cluster(authz_port))
+    return bootstrap("bench-inbound", listener, clusters)
 
 
 def main(argv):
     role = argv[1] if len(argv) > 1 else ""
     if role == "outbound" and len(argv) == 8:
         cfg = outbound(argv[2], argv[3], argv[4], argv[5], int(argv[6]), argv[7])
+    elif role == "outbound" and len(argv) == 10 and argv[8] == "--ext-authz":
+        cfg = outbound(argv[2], argv[3], argv[4], argv[5], int(argv[6]), argv[7], int(argv[9]))
     elif role == "inbound" and len(argv) == 6:
         cfg = inbound(argv[2], argv[3], argv[4], int(argv[5]))
+    elif role == "inbound" and len(argv) == 9 and argv[6] == "--ext-authz":
+        cfg = inbound(argv[2], argv[3], argv[4], int(argv[5]), int(argv[7]), argv[8])
     else:
         print(__doc__, file=sys.stderr)
         return 2

@@ -3,11 +3,14 @@
 
   summarize.py case <target> <proto> <concurrency> <h2load stdout> <h2load --log-file>
       prints one JSON object: rps, mean/p50/p99 latency (µs), request counts,
-      and (from CPU_SECONDS, SPAN in the environment) server CPU per request.
-      Percentiles come from h2load's per-request log (h2load itself prints
-      min/max/mean/sd only).
+      and (from CPU_SECONDS, SPAN in the environment) server CPU per request;
+      FIXED_RATE (req/s, proxy.sh's RATE) is recorded as the case's
+      offered rate. Percentiles come from h2load's per-request log (h2load
+      itself prints min/max/mean/sd only).
   summarize.py report <cases.jsonl>
-      prints the markdown table and the ratios Meshward/Envoy, Meshward/direct.
+      prints the markdown table, the ratios Meshward/Envoy, Meshward/direct
+      and, when the run has envoy-opa rows, Meshward/envoy-opa (issue 12,
+      target 2: req/s >= 3x, p99 <= 1/3).
   summarize.py tracing <cases.jsonl> <metrics dir>
       (TRACING runs) per case and tracing mode: medians over the repeats,
       ratios against tracing off, and each mode's span counters from the
@@ -83,6 +86,8 @@ def case(target, proto, conc, out_path, log_path):
         result["collector_cpu_us_per_req"] = float(collector) * 1e6 / (rps * float(span))
     if span:
         result["span_s"] = float(span)
+    if os.environ.get("FIXED_RATE"):
+        result["offered_rps"] = int(os.environ["FIXED_RATE"])
     if os.environ.get("REP"):
         result["rep"] = int(os.environ["REP"])
     print(json.dumps(result))
@@ -95,6 +100,10 @@ def fmt_us(v):
 def report(path):
     rows = [json.loads(line) for line in open(path, encoding="utf-8") if line.strip()]
     by = {(r["target"], r["proto"], r["concurrency"]): r for r in rows}
+    offered = sorted({r["offered_rps"] for r in rows if r.get("offered_rps")})
+    if offered:
+        print(f"Fixed rate: {', '.join(map(str, offered))} req/s offered per case (req/s below is what was answered).")
+        print()
     print("| path | proto | conc | req/s | mean | p50 | p99 | server CPU (cores) | server CPU / req | non-2xx / errors |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
@@ -108,19 +117,36 @@ def report(path):
     print("| proto | conc | req/s Meshward/Envoy | req/s Meshward/direct | p50 Meshward/Envoy | p99 Meshward/Envoy | CPU/req Meshward/Envoy |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     keys = sorted({(r["proto"], r["concurrency"]) for r in rows}, key=lambda k: (k[0] != "h1", k[1]))
+
+    def ratio(a, b, field):
+        return f"{a[field] / b[field]:.2f}" if a and b and b.get(field) and a.get(field) else "n/a"
+
     for proto, conc in keys:
         mw = by.get(("meshward", proto, conc))
         ev = by.get(("envoy", proto, conc))
         di = by.get(("direct", proto, conc))
         if not mw:
             continue
-
-        def ratio(a, b, field):
-            return f"{a[field] / b[field]:.2f}" if a and b and b.get(field) and a.get(field) else "n/a"
-
         print(
             f"| {proto} | {conc} | {ratio(mw, ev, 'rps')} | {ratio(mw, di, 'rps')} | "
             f"{ratio(mw, ev, 'p50_us')} | {ratio(mw, ev, 'p99_us')} | {ratio(mw, ev, 'cpu_us_per_req')} |"
+        )
+    if not any(r["target"] == "envoy-opa" for r in rows):
+        return
+    print()
+    print("Against the seed's stack (Envoy pair + ext_authz + opa-envoy-plugin on both hops); "
+          "issue 12 target 2: req/s >= 3, p99 <= 0.33.")
+    print()
+    print("| proto | conc | req/s Meshward/envoy-opa | p50 Meshward/envoy-opa | p99 Meshward/envoy-opa | CPU/req Meshward/envoy-opa |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for proto, conc in keys:
+        mw = by.get(("meshward", proto, conc))
+        eo = by.get(("envoy-opa", proto, conc))
+        if not mw or not eo:
+            continue
+        print(
+            f"| {proto} | {conc} | {ratio(mw, eo, 'rps')} | {ratio(mw, eo, 'p50_us')} | "
+            f"{ratio(mw, eo, 'p99_us')} | {ratio(mw, eo, 'cpu_us_per_req')} |"
         )
 
 
