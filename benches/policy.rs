@@ -4,8 +4,18 @@
 //! `opa bench` on the same bundle and inputs and reports the ratio.
 //!
 //! Run: `cargo bench --bench policy -- [iterations] [input-dir]`.
-//! Prints one line per case: `case ns_per_op`. Writes the inputs as JSON into
-//! `input-dir` (default `target/bench-inputs`) so OPA evaluates the same bytes.
+//! Prints one line per case: `case ns_per_op`, then `case p50 <ns> p99 <ns>`
+//! lines for the per-request paths timed one call at a time:
+//!
+//! - `meshward_decide`: input building from the request facts plus the
+//!   evaluation (what a request costs when the decision cache misses, or the
+//!   bundle declares none);
+//! - `meshward_cached`: the decision cache's hit path as the sidecar runs it
+//!   (the key from the facts, the lookup, the input document's 400 checks,
+//!   the decision copied out).
+//!
+//! Writes the inputs as JSON into `input-dir` (default `target/bench-inputs`)
+//! so OPA evaluates the same bytes.
 
 use std::collections::BTreeMap;
 use std::hint::black_box;
@@ -15,7 +25,8 @@ use std::time::Instant;
 use http::HeaderMap;
 use meshward_controlplane::config::bundle;
 use meshward_dataplane::policy::{
-    CallerFacts, CompiledPolicy, Direction, RequestFacts, ServiceFacts, build_input,
+    CallerFacts, CompiledPolicy, Decision, Direction, RequestFacts, ServiceFacts, build_input,
+    check_request,
 };
 
 fn main() -> anyhow::Result<()> {
@@ -55,7 +66,9 @@ fn main() -> anyhow::Result<()> {
         ),
     ];
     for (case, agent, service, method, path, expect) in cases {
-        let input = demo_input(agent, service, method, path);
+        let owned = Owned::demo(agent, service);
+        let facts = owned.facts(agent, service, method, path);
+        let input = build_input(&facts).expect("input document");
         std::fs::write(out_dir.join(format!("{case}.json")), input.to_string())?;
         let decision = policy.evaluate(&input)?;
         anyhow::ensure!(
@@ -78,71 +91,129 @@ fn main() -> anyhow::Result<()> {
         }
         let fresh = start.elapsed().as_nanos() as f64 / f64::from(fresh_iterations);
         println!("meshward_compile_per_request/{case} {fresh:.0}");
+
+        let decide = percentiles(iterations, || {
+            let input = build_input(black_box(&facts)).expect("input document");
+            black_box(policy.evaluate(&input).expect("decision"));
+        });
+        println!("meshward_decide/{case} p50 {} p99 {}", decide.0, decide.1);
+
+        let cache = policy
+            .decision_cache()
+            .ok_or_else(|| anyhow::anyhow!("policies/ declares no decision cache"))?;
+        cache.insert(cache.key(&facts), std::sync::Arc::new(decision.clone()));
+        let cached = percentiles(iterations, || {
+            let f = black_box(&facts);
+            let hit = cache.get(&cache.key(f)).expect("a hit");
+            check_request(f.path, f.headers, f.body).expect("valid request");
+            black_box(Decision::clone(&hit));
+        });
+        println!("meshward_cached/{case} p50 {} p99 {}", cached.0, cached.1);
     }
     Ok(())
 }
 
-fn demo_input(agent: &str, service: &str, method: &str, path: &str) -> serde_json::Value {
-    let attributes = match agent {
-        "support-triage" => [
-            ("team", "customer-success"),
-            ("type", "support"),
-            ("environment", "production"),
-        ],
-        _ => [
-            ("team", "finance"),
-            ("type", "analysis"),
-            ("environment", "production"),
-        ],
-    };
-    let attributes: BTreeMap<String, String> = attributes
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
+/// Runs `op` `iterations` times, timing each call; (p50, p99) in ns.
+fn percentiles(iterations: u32, mut op: impl FnMut()) -> (u128, u128) {
+    for _ in 0..iterations / 10 {
+        op();
+    }
+    let mut samples: Vec<u128> = (0..iterations)
+        .map(|_| {
+            let start = Instant::now();
+            op();
+            start.elapsed().as_nanos()
+        })
         .collect();
-    let permissions = vec!["skills:invoke".to_string(), "data:read".to_string()];
-    let metadata: BTreeMap<String, String> = [
-        ("team", "platform"),
-        ("environment", "production"),
-        ("data_classification", "public"),
-    ]
-    .iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    let agent_id = format!("spiffe://example.org/agent/{agent}");
-    let service_id = format!("spiffe://example.org/service/{service}");
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        "content-type",
-        "application/json".parse().expect("static header"),
-    );
-    headers.insert("user-agent", "bench/1".parse().expect("static header"));
-    let body = br#"{"name":"Ada"}"#;
-    build_input(&RequestFacts {
-        checkpoint: Direction::Inbound.into(),
-        method,
-        path,
-        raw_path: path,
-        host: service,
-        scheme: "https",
-        protocol: "HTTP/2",
-        headers: &headers,
-        body: Some(body),
-        request_id: "00000000-0000-4000-8000-000000000000",
-        source_principal: Some(&agent_id),
-        destination_principal: Some(&service_id),
-        source_address: "127.0.0.1:40000".parse().ok(),
-        destination_address: "127.0.0.1:15006".parse().ok(),
-        caller: Some(CallerFacts {
-            spiffe_id: &agent_id,
-            name: agent,
-            attributes: &attributes,
-            permissions: &permissions,
-        }),
-        service: Some(ServiceFacts {
-            name: service,
-            spiffe_id: &service_id,
-            metadata: &metadata,
-        }),
-    })
-    .expect("input document")
+    samples.sort_unstable();
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
+    (at(0.50), at(0.99))
+}
+
+/// The registry facts of one demo request, owned.
+struct Owned {
+    attributes: BTreeMap<String, String>,
+    permissions: Vec<String>,
+    metadata: BTreeMap<String, String>,
+    agent_id: String,
+    service_id: String,
+    headers: HeaderMap,
+}
+
+impl Owned {
+    fn demo(agent: &str, service: &str) -> Owned {
+        let attributes = match agent {
+            "support-triage" => [
+                ("team", "customer-success"),
+                ("type", "support"),
+                ("environment", "production"),
+            ],
+            _ => [
+                ("team", "finance"),
+                ("type", "analysis"),
+                ("environment", "production"),
+            ],
+        };
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "content-type",
+            "application/json".parse().expect("static header"),
+        );
+        headers.insert("user-agent", "bench/1".parse().expect("static header"));
+        Owned {
+            attributes: attributes
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            permissions: vec!["skills:invoke".to_string(), "data:read".to_string()],
+            metadata: [
+                ("team", "platform"),
+                ("environment", "production"),
+                ("data_classification", "public"),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+            agent_id: format!("spiffe://example.org/agent/{agent}"),
+            service_id: format!("spiffe://example.org/service/{service}"),
+            headers,
+        }
+    }
+
+    /// A JSON POST/GET as the inbound sidecar describes it.
+    fn facts<'a>(
+        &'a self,
+        agent: &'a str,
+        service: &'a str,
+        method: &'a str,
+        path: &'a str,
+    ) -> RequestFacts<'a> {
+        RequestFacts {
+            checkpoint: Direction::Inbound.into(),
+            method,
+            path,
+            raw_path: path,
+            host: service,
+            scheme: "https",
+            protocol: "HTTP/2",
+            headers: &self.headers,
+            body: Some(br#"{"name":"Ada"}"#),
+            request_id: "00000000-0000-4000-8000-000000000000",
+            source_principal: Some(&self.agent_id),
+            destination_principal: Some(&self.service_id),
+            source_address: "127.0.0.1:40000".parse().ok(),
+            destination_address: "127.0.0.1:15006".parse().ok(),
+            caller: Some(CallerFacts {
+                spiffe_id: &self.agent_id,
+                name: agent,
+                attributes: &self.attributes,
+                permissions: &self.permissions,
+            }),
+            service: Some(ServiceFacts {
+                name: service,
+                spiffe_id: &self.service_id,
+                metadata: &self.metadata,
+            }),
+        }
+    }
 }
