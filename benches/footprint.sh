@@ -20,7 +20,9 @@
 #
 # Measured per process (each dataplane, each Envoy): RSS (VmRSS from
 # /proc/PID/status, the highest of 1 s samples over the window), peak RSS
-# since start (VmHWM at the end of the window), CPU cores (utime + stime
+# since start (VmHWM at the end of the window), what the RSS is made of at
+# the end of the window (RssAnon: the process's own memory; RssFile: mapped
+# file pages, mostly the binary's code, shared and evictable), CPU cores (utime + stime
 # from /proc/PID/stat over the window, divided by its length) and threads.
 # States: idle (everything started and one request sent through each path,
 # then IDLE seconds with no traffic), then for each protocol, each path in
@@ -189,7 +191,8 @@ PROCS=()
 for t in $TARGETS; do PROCS+=("$t-outbound" "$t-inbound"); done
 
 # Measures processes "${@:3}" (names in PID_OF) for $2 seconds, state $1:
-# appends "name state rss_max_kib hwm_kib cpu_cores threads" rows to $ROWS.
+# appends "name state rss_max_kib hwm_kib cpu_cores threads anon_kib file_kib"
+# rows to $ROWS.
 # RSS is sampled once a second (the window's timing, not a readiness wait).
 measure() {
     local state=$1 secs=$2 name i
@@ -212,9 +215,10 @@ measure() {
     elapsed=$(python3 -c "print($EPOCHREALTIME - $start)")
     for name in "$@"; do
         local pid=${PID_OF[$name]}
-        printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$state" "${rss[$name]}" "$(hwm_kib "$pid")" \
+        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$state" "${rss[$name]}" "$(hwm_kib "$pid")" \
             "$(python3 -c "print(($(cpu_ticks "$pid") - ${before[$name]}) / $HZ / $elapsed)")" \
-            "$(awk '/^Threads:/ {print $2}' "/proc/$pid/status")" >>"$ROWS"
+            "$(awk '/^Threads:/ {print $2}' "/proc/$pid/status")" \
+            "$(anon_kib "$pid")" "$(file_kib "$pid")" >>"$ROWS"
     done
 }
 
@@ -254,7 +258,7 @@ LOAD_AFTER=$(uptime)
     echo "- machine: $(machine_line)"
     echo "- load before: ${LOAD_BEFORE#*load average: }; after: ${LOAD_AFTER#*load average: } (1/5/15 min)"
     echo "- tools: $(h2load --version | head -1)${ENVOY:+, Envoy $(envoy_version) (--concurrency $ENVOY_CONCURRENCY)}"
-    echo "- each process on its own: the dataplanes are \`meshward dataplane\` processes fed by a \`meshward controlplane\` process; load: h2load -c 1 -m 1 --rps=$RATE, $LOAD s measured after $WARMUP s; RSS = highest VmRSS of 1 s samples in the window, peak = VmHWM since start; CPU = utime+stime over the window"
+    echo "- each process on its own: the dataplanes are \`meshward dataplane\` processes fed by a \`meshward controlplane\` process; load: h2load -c 1 -m 1 --rps=$RATE, $LOAD s measured after $WARMUP s; RSS = highest VmRSS of 1 s samples in the window, peak = VmHWM since start, own/file pages = RssAnon/RssFile at the end of the window; CPU = utime+stime over the window"
     echo
     python3 - "$ROWS" "$OUT/cases.jsonl" <<'PY'
 import json, os, sys
@@ -264,13 +268,13 @@ if os.path.exists(sys.argv[2]):
     for l in open(sys.argv[2]):
         c = json.loads(l)
         cases[(c["target"], c["proto"])] = c
-print("| process | state | RSS (MiB) | peak RSS (MiB) | CPU (cores) | threads | answered req/s | p50 / p99 |")
-print("|---|---|---:|---:|---:|---:|---:|---:|")
-for name, state, rss, hwm, cpu, threads in rows:
+print("| process | state | RSS (MiB) | peak RSS (MiB) | own (RssAnon, MiB) | file pages (RssFile, MiB) | CPU (cores) | threads | answered req/s | p50 / p99 |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+for name, state, rss, hwm, cpu, threads, anon, file in rows:
     target = name.rsplit("-", 1)[0]
     c = cases.get((target, state.split()[0])) if state != "idle" else None
     load = f"{c['rps']:.0f} | {c['p50_us']:.0f} / {c['p99_us']:.0f} µs" if c else "- | -"
-    print(f"| {name} | {state} | {int(rss) / 1024:.1f} | {int(hwm) / 1024:.1f} | {float(cpu):.3f} | {threads} | {load} |")
+    print(f"| {name} | {state} | {int(rss) / 1024:.1f} | {int(hwm) / 1024:.1f} | {int(anon) / 1024:.1f} | {int(file) / 1024:.1f} | {float(cpu):.3f} | {threads} | {load} |")
 PY
     echo
     echo "Issue 12, target 3: a Meshward dataplane at RSS <= 15 MB and CPU <= 0.06 cores at 1,000 req/s."

@@ -155,6 +155,11 @@ cpu_ticks() {
 # VmRSS / VmHWM (kB) of process $1.
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 hwm_kib() { awk '/^VmHWM:/ {print $2}' "/proc/$1/status"; }
+# Of the RSS: the process's own (anonymous) memory, and the file pages it
+# maps (its binary's and libraries' code, shared with every process mapping
+# the same file and evictable).
+anon_kib() { awk '/^RssAnon:/ {print $2}' "/proc/$1/status"; }
+file_kib() { awk '/^RssFile:/ {print $2}' "/proc/$1/status"; }
 
 machine_line() {
     echo "$(nproc) CPUs, $(lscpu | sed -n 's/^Model name:\s*//p' | head -1), $(free -g | awk '/^Mem:/ {print $2}') GiB RAM"
