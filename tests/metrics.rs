@@ -156,6 +156,7 @@ async fn every_family_is_described_prefixed_and_durations_are_histograms() {
         "meshward_svid_expiry_timestamp_seconds",
         "meshward_policy_evaluations_total",
         "meshward_policy_evaluation_duration_seconds",
+        "meshward_policy_cache_lookups_total",
         "meshward_breaker_state",
         "meshward_limiter_refusals_total",
         "meshward_config_reloads_total",
@@ -177,6 +178,13 @@ async fn every_family_is_described_prefixed_and_durations_are_histograms() {
     };
     at_least_one("meshward_policy_evaluations_total", &[("result", "deny")]);
     at_least_one("meshward_policy_evaluations_total", &[("result", "allow")]);
+    // The reference bundle declares a decision cache: the repeated
+    // say-hello calls were answered from it, the first one was not.
+    at_least_one("meshward_policy_cache_lookups_total", &[("outcome", "hit")]);
+    at_least_one(
+        "meshward_policy_cache_lookups_total",
+        &[("outcome", "miss")],
+    );
     at_least_one(
         "meshward_limiter_refusals_total",
         &[

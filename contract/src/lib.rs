@@ -16,6 +16,8 @@
 //!   ACK/NACK), without I/O, for the control plane's ADS and the dev
 //!   server's SDS.
 //! - [`admin`]: what an admin endpoint reports.
+//! - [`decision_cache`]: which input fields a policy bundle may declare its
+//!   decision reads, and the check that its modules read nothing else.
 //!
 //! Because both planes use these, `meshward validate` accepts exactly what a
 //! dataplane ACKs; `controlplane/tests` and the dataplane's xDS tests check it.
@@ -23,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod decision_cache;
 pub mod pb;
 pub mod rules;
 pub mod sotw;

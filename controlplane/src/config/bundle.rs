@@ -22,6 +22,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use meshward_contract::decision_cache::{self, CacheError};
 use sha2::{Digest, Sha256};
 
 use super::model::PolicyBundle;
@@ -208,11 +209,45 @@ pub fn load(dir: &Path, decision: &str) -> Result<PolicyBundle, Vec<BundleError>
     if let Err(mut compile_errors) = compile(&bundle) {
         errors.append(&mut compile_errors);
     }
+    if errors.is_empty()
+        && let Err(e) = check_cache_declaration(&bundle)
+    {
+        errors.push(e);
+    }
     if errors.is_empty() {
         Ok(bundle)
     } else {
         Err(errors)
     }
+}
+
+/// Checks the bundle's decision cache declaration as every dataplane will
+/// before it ACKs, so a wrong one is refused here, naming the module and
+/// line, instead of being NACKed by every dataplane.
+fn check_cache_declaration(bundle: &PolicyBundle) -> Result<(), BundleError> {
+    let modules: Vec<(&str, &str)> = bundle
+        .modules
+        .iter()
+        .map(|(rel, source)| (rel.as_str(), source.as_str()))
+        .collect();
+    let Err(e) = decision_cache::declared(&bundle.data, &modules) else {
+        return Ok(());
+    };
+    let text = e.to_string();
+    Err(match &e {
+        CacheError::Undeclared { module, line, .. } | CacheError::Impure { module, line, .. } => {
+            let at = format!("{module}:{line}: ");
+            file_error(
+                &bundle.dir.join(module),
+                Some(*line as usize),
+                text.strip_prefix(&at).unwrap_or(&text).to_string(),
+            )
+        }
+        CacheError::Scan { module, .. } => file_error(&bundle.dir.join(module), None, text),
+        CacheError::NotAList | CacheError::Unsupported { .. } => BundleError::Dir {
+            message: format!("policy bundle {}: {text}", bundle.dir.display()),
+        },
+    })
 }
 
 /// Compiles `bundle` into a regorus engine ready for evaluation of

@@ -592,6 +592,43 @@ fn rego_semantic_error_names_file_and_line() {
 }
 
 #[test]
+fn a_decision_cache_declaration_the_modules_do_not_honour_names_file_and_line() {
+    let (dir, path) = mesh_dir("cache-declaration", MESH);
+    dir.write(
+        "policies/meshward/decision_cache/data.json",
+        r#"{"inputs": ["attributes.request.http.method", "meshward.caller"]}"#,
+    );
+    let mesh = load(&path).unwrap_or_else(|e| panic!("a covered bundle loads: {e}"));
+    assert!(mesh.policy.data["meshward"]["decision_cache"].is_object());
+    let rego = dir.write(
+        "policies/meshward/team.rego",
+        "package meshward.team\n\nops if {\n  input.attributes.request.http.headers[\"x-team\"] == \"ops\"\n}\n",
+    );
+    let errors = load(&path).unwrap_err();
+    let e = errors
+        .iter()
+        .find(|e| e.file == rego)
+        .unwrap_or_else(|| panic!("{errors}"));
+    assert_eq!(e.line, Some(4), "{e}");
+    assert!(
+        e.message
+            .starts_with("reads input.attributes.request.http.headers.x-team, which"),
+        "{e}"
+    );
+    // An input that changes per request cannot be declared at all.
+    std::fs::remove_file(&rego).unwrap();
+    dir.write(
+        "policies/meshward/decision_cache/data.json",
+        r#"{"inputs": ["attributes.request.http.id"]}"#,
+    );
+    let errors = load(&path).unwrap_err();
+    assert!(
+        errors.to_string().contains("changes with every request"),
+        "{errors}"
+    );
+}
+
+#[test]
 fn test_modules_and_hidden_entries_are_not_part_of_the_bundle() {
     let (dir, path) = mesh_dir("test-files", MESH);
     dir.write("policies/meshward/authz_test.rego", "this is not rego {");
