@@ -60,25 +60,9 @@ require_tools
 if [[ " $TARGETS " == *" envoy "* ]]; then
     [ -x "${ENVOY:-}" ] || die "Envoy not found (${ENVOY:-none}): run scripts/install-python-peers.sh or set MESHWARD_ENVOY"
 fi
-if [ -n "${MESHWARD_BIN:-}" ]; then
-    MESHWARD=$MESHWARD_BIN
-    [ -x "$MESHWARD" ] || die "MESHWARD_BIN=$MESHWARD is not an executable"
-else
-    log "building meshward (release)"
-    cargo build --release --bin meshward >&2
-    MESHWARD=$REPO/target/release/meshward
-fi
+MESHWARD=$(meshward_binary)
 
-TMP=$(mktemp -d /tmp/mwf.XXXXXX)
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    if [ "${KEEP:-0}" = 1 ]; then log "kept $TMP"; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_tmp mwf
 
 # Starts "$@" in the background with log $TMP/$name.log (name = $1); the rest
 # of the arguments are the command, run under `env` (so VAR=value may lead).

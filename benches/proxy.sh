@@ -108,28 +108,11 @@ if [ -n "$RATE" ]; then
     done
 fi
 
-if [ -n "${MESHWARD_BIN:-}" ]; then
-    # A/B runs: measure a binary built (and saved) earlier.
-    MESHWARD=$MESHWARD_BIN
-    [ -x "$MESHWARD" ] || die "MESHWARD_BIN=$MESHWARD is not an executable"
-else
-    log "building meshward (release)"
-    cargo build --release --bin meshward >&2
-    MESHWARD=$REPO/target/release/meshward
-fi
+# A/B runs measure a binary built (and saved) earlier: MESHWARD_BIN.
+MESHWARD=$(meshward_binary)
 
 # --- a private mesh with high limits -------------------------------------------
-# Short path: Unix socket paths must stay under ~100 bytes.
-TMP=$(mktemp -d /tmp/mwb.XXXXXX)
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    if [ "${KEEP:-0}" = 1 ]; then log "kept $TMP"; else rm -rf "$TMP"; fi
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+bench_tmp mwb
 
 bench_mesh "$TMP"
 "$MESHWARD" validate "$TMP/mesh.yaml" >&2 || die "the benchmark mesh config does not validate"

@@ -19,6 +19,35 @@ die() {
 }
 
 # HTTP status code of a GET (curl args), "000" when nothing answered.
+# Prints the meshward binary to measure: MESHWARD_BIN (for A/B runs, a
+# build saved earlier) or a fresh release build of this tree.
+meshward_binary() {
+    if [ -n "${MESHWARD_BIN:-}" ]; then
+        [ -x "$MESHWARD_BIN" ] || die "MESHWARD_BIN=$MESHWARD_BIN is not an executable"
+        echo "$MESHWARD_BIN"
+    else
+        log "building meshward (release)"
+        cargo build --release --bin meshward >&2
+        echo "$REPO/target/release/meshward"
+    fi
+}
+
+# Makes $TMP (/tmp/<prefix>.XXXXXX: Unix socket paths under it must stay
+# under ~100 bytes) and, on exit, stops every pid in PIDS and removes $TMP
+# (KEEP=1 keeps it).
+bench_tmp() {
+    TMP=$(mktemp -d "/tmp/$1.XXXXXX")
+    PIDS=()
+    trap bench_cleanup EXIT
+    trap 'exit 130' INT TERM
+}
+bench_cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [ "${KEEP:-0}" = 1 ]; then log "kept $TMP"; else rm -rf "$TMP"; fi
+}
+
 http_code() { curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$@" || true; }
 ok200() { [ "$(http_code "$@")" = 200 ]; }
 
