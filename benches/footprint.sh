@@ -150,13 +150,7 @@ if [[ " $TARGETS " == *" envoy "* ]]; then
     log "envoy ready: outbound $ENVOY_OUT -> inbound 127.0.0.1:$ENVOY_IN -> skill 127.0.0.1:$SKILL"
 fi
 
-# Both paths deliver the caller's verified identity (the client certificate
-# was presented and checked on the mTLS hop).
-check_identity() {
-    local got
-    got=$(curl -s --max-time 5 "$2" | jq -r '.headers["x-agent-id"]')
-    [ "$got" = "$BB_ID" ] || die "$1: the skill saw x-agent-id '$got', expected $BB_ID"
-}
+# Every path must deliver the caller's verified identity (check_identity).
 url_for() {
     case $1 in
         meshward) echo "http://127.0.0.1:$OUTB/mcp://hello-skill/bench" ;;

@@ -250,13 +250,7 @@ if [[ " $TARGETS " == *" envoy-opa "* ]]; then
     log "envoy-opa ready: outbound $OPA_ENVOY_OUT (OPA :$OPA_OUT_GRPC) -> inbound 127.0.0.1:$OPA_ENVOY_IN (OPA :$OPA_IN_GRPC) -> $BACKEND"
 fi
 
-# Both meshes must deliver the caller's verified identity (proof that the
-# client certificate was presented and checked on the mTLS hop).
-check_identity() {
-    local got
-    got=$(curl -s --max-time 5 "$2" | jq -r '.headers["x-agent-id"]')
-    [ "$got" = "$BB_ID" ] || die "$1: the skill saw x-agent-id '$got', expected $BB_ID"
-}
+# Every path must deliver the caller's verified identity (check_identity).
 for t in "${!MESH_OUT[@]}"; do check_identity "$t" "http://${MESH_OUT[$t]}/mcp://hello-skill/bench"; done
 [ -z "${ENVOY_OUT:-}" ] || check_identity envoy "http://$ENVOY_OUT/mcp://hello-skill/bench"
 [ -z "${OPA_ENVOY_OUT:-}" ] || check_identity envoy-opa "http://$OPA_ENVOY_OUT/mcp://hello-skill/bench"

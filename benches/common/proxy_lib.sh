@@ -48,6 +48,15 @@ bench_cleanup() {
     if [ "${KEEP:-0}" = 1 ]; then log "kept $TMP"; else rm -rf "$TMP"; fi
 }
 
+# Dies unless the skill behind URL $2 saw the caller's verified identity
+# ($BB_ID in x-agent-id): the client certificate was presented and checked
+# on the mTLS hop of path $1.
+check_identity() {
+    local got
+    got=$(curl -s --max-time 5 "$2" | jq -r '.headers["x-agent-id"]')
+    [ "$got" = "$BB_ID" ] || die "$1: the skill saw x-agent-id '$got', expected $BB_ID"
+}
+
 http_code() { curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$@" || true; }
 ok200() { [ "$(http_code "$@")" = 200 ]; }
 
