@@ -399,6 +399,10 @@ async fn envoy_ext_authz_asks_meshward() {
         policies.path(),
     );
     std::fs::write(policies.path().join("exttest.rego"), LAYER).unwrap();
+    // The extra layer reads the request body, which no decision cache can
+    // key on: this copy of the bundle declares none (with the declaration,
+    // the bundle is refused, naming exttest.rego and the field).
+    std::fs::remove_file(policies.path().join("meshward/decision_cache/data.json")).unwrap();
     let policy_dir = policies.path().display().to_string();
     let front = Front::start(
         &binary,
