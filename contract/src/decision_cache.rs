@@ -42,14 +42,14 @@ pub enum CacheError {
     NotAList,
     #[error("{DECLARATION}: {path:?} cannot key the decision cache: {why}")]
     Unsupported { path: String, why: &'static str },
-    #[error(
-        "{module}:{line}: reads {read}, which {DECLARATION} does not cover; \
-         declare it or remove the declaration"
-    )]
+    #[error("{module}:{line}: reads {read}, which {DECLARATION} does not cover; {remedy}")]
     Undeclared {
         module: String,
         line: u32,
         read: String,
+        /// What to do: declare the field, or, for a field no cache can key
+        /// on (the body, the request id, ...), drop the declaration.
+        remedy: &'static str,
     },
     #[error(
         "{module}:{line}: calls {builtin}, whose answer changes between calls: \
@@ -237,9 +237,18 @@ fn check_module(module: &str, source: &str, declared: &[Vec<String>]) -> Result<
             .iter()
             .any(|d| d.len() <= read.len() && d.iter().zip(&read).all(|(a, b)| a == b));
         if !covered {
+            let segments: Vec<&str> = read.iter().map(String::as_str).collect();
+            let remedy = match part(&segments) {
+                Ok(_) => "declare it or remove the declaration",
+                Err(_) => {
+                    "it cannot be declared (it changes per request or cannot key a cache): \
+                     remove the declaration, a bundle that reads it is evaluated every time"
+                }
+            };
             return Err(CacheError::Undeclared {
                 module: module.to_string(),
                 line,
+                remedy,
                 read: std::iter::once("input")
                     .chain(read.iter().map(String::as_str))
                     .collect::<Vec<_>>()

@@ -46,9 +46,18 @@ fn an_undeclared_read_refuses_the_bundle_naming_module_line_and_field() {
             module: "p.rego".into(),
             line: 5,
             read: "input.attributes.request.http.method".into(),
+            remedy: "declare it or remove the declaration",
         }
     );
     assert!(e.to_string().contains("p.rego:5"), "{e}");
+    // A field no cache can key on says so.
+    let body = "package p\nallow if input.parsed_body.action == \"x\"\n";
+    let e = cache(&["meshward.caller"], body).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("reads input.parsed_body.action, which data.meshward.decision_cache.inputs does not cover; it cannot be declared"),
+        "{e}"
+    );
 }
 
 #[test]
