@@ -155,30 +155,45 @@ fn put_map<'a>(key: &mut Vec<u8>, map: impl ExactSizeIterator<Item = (&'a String
     }
 }
 
+/// Every field of the caller's facts (`input.meshward.caller` is built from
+/// exactly these): the pattern names them all, so a fact added to
+/// [`CallerFacts`] does not compile until it is keyed too.
 fn put_caller(key: &mut Vec<u8>, caller: Option<&CallerFacts>) {
-    let Some(c) = caller else {
+    let Some(CallerFacts {
+        spiffe_id,
+        name,
+        attributes,
+        permissions,
+    }) = caller
+    else {
         key.push(0);
         return;
     };
     key.push(1);
-    put(key, c.spiffe_id.as_bytes());
-    put(key, c.name.as_bytes());
-    put_map(key, c.attributes.iter());
-    key.extend_from_slice(&(c.permissions.len() as u32).to_le_bytes());
-    for p in c.permissions {
+    put(key, spiffe_id.as_bytes());
+    put(key, name.as_bytes());
+    put_map(key, attributes.iter());
+    key.extend_from_slice(&(permissions.len() as u32).to_le_bytes());
+    for p in *permissions {
         put(key, p.as_bytes());
     }
 }
 
+/// Every field of the service's facts, named for the same reason.
 fn put_service(key: &mut Vec<u8>, service: Option<&ServiceFacts>) {
-    let Some(s) = service else {
+    let Some(ServiceFacts {
+        name,
+        spiffe_id,
+        metadata,
+    }) = service
+    else {
         key.push(0);
         return;
     };
     key.push(1);
-    put(key, s.name.as_bytes());
-    put(key, s.spiffe_id.as_bytes());
-    put_map(key, s.metadata.iter());
+    put(key, name.as_bytes());
+    put(key, spiffe_id.as_bytes());
+    put_map(key, metadata.iter());
 }
 
 #[cfg(test)]
