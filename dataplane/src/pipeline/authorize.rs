@@ -52,8 +52,9 @@ pub struct RequestView<'a> {
 ///
 /// When the bundle declares a decision cache, a request whose declared
 /// inputs were judged before in this revision gets that decision without
-/// an input document or an evaluation; it still passes the input's path
-/// checks and pays for a denial like any other. Requests the decision log
+/// an input document or an evaluation; it still passes the input
+/// document's 400 checks (path, query, body) and pays for a denial like any
+/// other. Requests the decision log
 /// records are always evaluated (the log holds each one's input).
 pub fn authorize(
     identity: &Identity,
