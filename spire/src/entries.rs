@@ -67,6 +67,36 @@ pub enum EntriesError {
         /// The mesh's trust domain.
         trust_domain: String,
     },
+    /// A name Kubernetes cannot use as a service account or label value.
+    #[error(
+        "{kind} {what:?}: {name:?} is not a Kubernetes DNS label (a-z, 0-9 and '-', at most 63 characters, starting and ending with a letter or digit)"
+    )]
+    NotADnsLabel {
+        /// agent, service, authorizer, control plane or namespace.
+        kind: &'static str,
+        /// The workload, or the option that named it.
+        what: String,
+        /// The refused name.
+        name: String,
+    },
+    /// Two workloads whose pods would carry the same label and account.
+    #[error("{first} and {second} share the name {name:?}: their pods could not be told apart")]
+    SameWorkloadName {
+        /// The shared name.
+        name: String,
+        /// The first workload with it.
+        first: String,
+        /// The second one.
+        second: String,
+    },
+    /// A SPIFFE ID spire-controller-manager would expand as a template.
+    #[error("{workload}: SPIFFE ID {spiffe_id:?} contains a template delimiter ({{{{ or }}}})")]
+    TemplateInSpiffeId {
+        /// Which workload.
+        workload: String,
+        /// The refused ID.
+        spiffe_id: String,
+    },
     /// `spire-server entry show -output json` answered something unexpected.
     #[error("cannot read the entries spire-server listed: {0}")]
     ExistingEntries(String),

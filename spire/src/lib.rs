@@ -12,6 +12,8 @@
 //!   verify peers by SPIFFE ID and trust-domain bundle on every handshake;
 //! - [`grpc`] — tonic plumbing: an mTLS accept stream that tags requests with the
 //!   verified [`PeerIdentity`], and an mTLS [`tonic::transport::Channel`];
+//! - [`entries`] and [`cluster_spiffe_ids`] — the mesh's registry as SPIRE
+//!   registration entries, or as spire-controller-manager resources;
 //! - [`devserver`] — [`DevIdentityServer`], a small CA serving the Workload API on
 //!   per-workload Unix sockets, for `meshward up` and tests;
 //! - `test_util` (feature `test-util`) — a CA that mints deliberately bad
@@ -20,6 +22,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod cluster_spiffe_ids;
 pub mod devserver;
 pub mod entries;
 pub mod grpc;

@@ -19,7 +19,8 @@ Which schema, by kind:
   update), CEL rules calling functions cel-python does not have (counted in the
   output, never silently passed).
 - Built-in kinds (Deployment, Service, NetworkPolicy, ...): kubernetes-validate's
-  strict JSON schemas (unknown fields are errors) for Kubernetes K8S_VERSION.
+  strict JSON schemas (unknown fields are errors) for the Kubernetes release
+  --kubernetes-version names (default K8S_VERSION).
 - IstioOperator: `spec.meshConfig` (and the `mesh` key of the `istio`
   ConfigMap) is parsed strictly (protobuf's JSON mapping: an unknown field, a
   wrong type or an unknown enum value is an error) into Istio's MeshConfig
@@ -30,7 +31,8 @@ Which schema, by kind:
   no schema outside the istio.io/istio module, so only its apiVersion, kind and
   metadata are checked.
 
-Usage: validate_manifests.py --schemas DIR FILE...
+Usage: validate_manifests.py --schemas DIR [--schemas DIR...]
+       [--kubernetes-version X.Y.Z] FILE...
 
 Prints one JSON line per YAML document (file, document index, kind, name,
 valid, errors, what checked it, CEL rule counts). Exit status: 0 when every
@@ -73,8 +75,17 @@ class SetupError(Exception):
 # --- CRDs -------------------------------------------------------------------
 
 
-def load_crds(root):
+def load_crds(roots):
     """(apiVersion, kind) -> the CRD version's schema and where it came from."""
+    index = {}
+    for root in roots:
+        index.update(load_crds_under(root))
+    if not index:
+        raise SetupError(f"no CustomResourceDefinitions under {', '.join(roots)} (run scripts/install-schemas.sh)")
+    return index
+
+
+def load_crds_under(root):
     index = {}
     for dirpath, _, files in os.walk(root):
         for name in sorted(files):
@@ -95,8 +106,6 @@ def load_crds(root):
                             "deprecation": version.get("deprecationWarning", ""),
                             "source": os.path.relpath(path, root),
                         }
-    if not index:
-        raise SetupError(f"no CustomResourceDefinitions under {root} (run scripts/install-schemas.sh)")
     return index
 
 
@@ -327,12 +336,14 @@ class MeshConfig:
 
     NAME = "istio.mesh.v1alpha1.MeshConfig"
 
-    def __init__(self, root):
+    def __init__(self, roots):
         found = []
-        for dirpath, _, files in os.walk(root):
-            found += [os.path.join(dirpath, f) for f in files if f == "mesh-config.binpb"]
+        for root in roots:
+            for dirpath, _, files in os.walk(root):
+                found += [(root, os.path.join(dirpath, f)) for f in files if f == "mesh-config.binpb"]
         if len(found) != 1:
-            raise SetupError(f"expected one mesh-config.binpb under {root}, found {len(found)} (run scripts/install-schemas.sh)")
+            raise SetupError(f"expected one mesh-config.binpb under {', '.join(roots)}, found {len(found)} (run scripts/install-schemas.sh)")
+        root, found = found[0][0], [found[0][1]]
         with open(found[0], "rb") as f:
             files = descriptor_pb2.FileDescriptorSet.FromString(f.read())
         pool = descriptor_pool.DescriptorPool()
@@ -407,13 +418,16 @@ def check_document(doc, crds, k8s, mesh):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--schemas", required=True, help="directory of CRD files (scripts/install-schemas.sh)")
+    parser.add_argument("--schemas", required=True, action="append",
+                        help="directory of CRD files (scripts/install-schemas.sh, or CRDs vendored under deploy/); repeatable")
+    parser.add_argument("--kubernetes-version", default=K8S_VERSION,
+                        help=f"the Kubernetes release whose built-in schemas apply (default {K8S_VERSION})")
     parser.add_argument("files", nargs="+")
     args = parser.parse_args()
     global STATS
     try:
         crds = load_crds(args.schemas)
-        k8s = BuiltIns(K8S_VERSION)
+        k8s = BuiltIns(args.kubernetes_version)
         mesh = MeshConfig(args.schemas)
         all_valid = True
         for path in args.files:
