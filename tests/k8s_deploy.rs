@@ -1140,8 +1140,8 @@ fn the_dockerfile_lints_clean_and_ships_the_release_binary_as_non_root() {
     for stage in &stages[1..] {
         let user = stage
             .lines()
-            .filter_map(|l| l.strip_prefix("USER "))
-            .last()
+            .rev()
+            .find_map(|l| l.strip_prefix("USER "))
             .unwrap_or_else(|| panic!("stage without USER: {stage}"));
         let uid: u32 = user
             .split(':')
