@@ -69,6 +69,10 @@ export MESHWARD_KUSTOMIZE="$TOOLS/bin/kustomize"
 step "SPIRE 1.13.3 server + agent (Go modules in tools/spire, into .tools/bin)"
 bash scripts/install-spire.sh
 export MESHWARD_SPIRE_BIN_DIR="$TOOLS/bin"
+
+step "spire-plugincheck (SPIRE 1.13.3's plugins validate their own config; tools/spire-plugincheck)"
+bash scripts/install-spire-plugincheck.sh
+export MESHWARD_SPIRE_PLUGINCHECK="$TOOLS/bin/spire-plugincheck"
 # SPIRE tests fail (instead of skipping) when SPIRE cannot run.
 export MESHWARD_REQUIRE_SPIRE=1
 

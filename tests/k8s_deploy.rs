@@ -17,7 +17,9 @@
 //!   makes of `deploy/k8s/mesh.yaml`;
 //! - the control plane, given the files its ConfigMaps project where its
 //!   Deployment mounts them, accepts the mesh and the policy bundle;
-//! - every SPIRE config passes real SPIRE 1.13.3's `validate`;
+//! - every SPIRE config passes real SPIRE 1.13.3's `validate`, and each of
+//!   its built-in plugins' own config check (`spire-plugincheck`, which
+//!   calls SPIRE's plugin `Validate`: `validate` does not);
 //! - the Dockerfile lints clean with hadolint and builds the release binary
 //!   into a non-root image.
 //!
@@ -1106,6 +1108,39 @@ fn every_spire_config_passes_spire_validate() {
         let (ok, stdout, stderr) = check(path);
         assert!(ok, "{}: {stdout}{stderr}", path.display());
         assert!(stdout.contains("is valid"), "{stdout}");
+    }
+    // `validate` never configures plugins; spire-plugincheck runs each
+    // built-in plugin's own Validate on its plugin_data.
+    if let Some(check) = tool("MESHWARD_SPIRE_PLUGINCHECK", "spire-plugincheck") {
+        let plugins = |path: &Path| {
+            run(spire_env(
+                Command::new(&check)
+                    .args([spire_role(path), "-expandEnv"])
+                    .arg(path),
+            ))
+        };
+        for path in &configs {
+            let (ok, stdout, stderr) = plugins(path);
+            assert!(ok, "{}: {stdout}{stderr}", path.display());
+            assert!(stdout.lines().any(|l| l.starts_with("ok ")), "{stdout}");
+        }
+        // The bug SPIRE's own validate let through: the bundle publisher
+        // without a format (the server refuses to start in the cluster).
+        let tmp = tempfile::tempdir().unwrap();
+        let broken = tmp.path().join("server.conf");
+        let text = std::fs::read_to_string(repo().join("spire/conf/k8s/server.conf")).unwrap();
+        let without = text
+            .lines()
+            .filter(|l| l.trim() != "format = \"pem\"")
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert_ne!(without.lines().count(), text.lines().count());
+        std::fs::write(&broken, without).unwrap();
+        let (ok, stdout, _) = plugins(&broken);
+        assert!(
+            !ok && stdout.contains("missing bundle format"),
+            "a bundle publisher without a format passed: {stdout}"
+        );
     }
     // And validate can fail: a server config with a misspelt key.
     let tmp = tempfile::tempdir().unwrap();
