@@ -4,7 +4,7 @@
 //! - `deploy/envoy/ext-authz.yaml` by Envoy 1.40 itself (`--mode validate`:
 //!   the whole bootstrap is parsed, every typed extension instantiated and its
 //!   constraints checked, CEL expressions compiled; nothing is connected).
-//! - `deploy/istio/` and `deploy/envoy-gateway/` by
+//! - `deploy/k8s/istio/` and `deploy/k8s/envoy-gateway/` by
 //!   `tests/python/validate_manifests.py`: custom resources against their
 //!   CRDs' schemas from the Go modules `istio.io/api` and
 //!   `github.com/envoyproxy/gateway` (strict: unknown fields, types, enums,
@@ -138,60 +138,60 @@ fn envoy_bootstrap_is_valid_for_envoy() {
 const MANIFEST_BREAKS: &[Break] = &[
     // MeshConfig: a misspelled field (istiod itself would drop it silently).
     Break {
-        file: "deploy/istio/istio-operator.yaml",
+        file: "deploy/k8s/istio/istio-operator.yaml",
         from: "failOpen: false",
         to: "failopen: false",
         expect: "has no field named \"failopen\"",
     },
     // An Istio CRD: an enum.
     Break {
-        file: "deploy/istio/authorization-policy.yaml",
+        file: "deploy/k8s/istio/authorization-policy.yaml",
         from: "action: CUSTOM",
         to: "action: CUSTOMER",
         expect: "spec.action: 'CUSTOMER' is not one of",
     },
     // A custom resource's metadata is ObjectMeta.
     Break {
-        file: "deploy/istio/authorization-policy.yaml",
+        file: "deploy/k8s/istio/authorization-policy.yaml",
         from: "name: hello-skill-meshward",
         to: "nmae: hello-skill-meshward",
         expect: "metadata: Additional properties are not allowed ('nmae' was unexpected)",
     },
     // A built-in kind: a misspelled field, and a wrong type.
     Break {
-        file: "deploy/istio/authorizer.yaml",
+        file: "deploy/k8s/istio/authorizer.yaml",
         from: "readinessProbe:",
         to: "readinesProbe:",
         expect: "'readinesProbe' was unexpected",
     },
     Break {
-        file: "deploy/istio/authorizer.yaml",
+        file: "deploy/k8s/istio/authorizer.yaml",
         from: "replicas: 2",
         to: "replicas: two",
         expect: "spec.replicas: 'two' is not of type 'integer'",
     },
     // Envoy Gateway CRDs: a wrong type, a CEL rule, an enum.
     Break {
-        file: "deploy/envoy-gateway/security-policy.yaml",
+        file: "deploy/k8s/envoy-gateway/security-policy.yaml",
         from: "failOpen: false",
         to: "failOpen: \"no\"",
         expect: "spec.extAuth.failOpen: 'no' is not of type 'boolean'",
     },
     Break {
-        file: "deploy/envoy-gateway/security-policy.yaml",
+        file: "deploy/k8s/envoy-gateway/security-policy.yaml",
         from: "kind: Service\n          name: meshward-authorizer",
         to: "kind: Deployment\n          name: meshward-authorizer",
         expect: "BackendRefs only supports Service, ServiceImport, and Backend kind.",
     },
     Break {
-        file: "deploy/envoy-gateway/gateway.yaml",
+        file: "deploy/k8s/envoy-gateway/gateway.yaml",
         from: "mode: RequireAndVerify",
         to: "mode: RequireAndVerfy",
         expect: "spec.tls.clientValidation.mode: 'RequireAndVerfy' is not one of",
     },
     // Gateway API CRD: a misspelled field.
     Break {
-        file: "deploy/envoy-gateway/gateway.yaml",
+        file: "deploy/k8s/envoy-gateway/gateway.yaml",
         from: "sectionName: https",
         to: "section: https",
         expect: "'section' was unexpected",
@@ -202,31 +202,31 @@ const MANIFEST_BREAKS: &[Break] = &[
 /// cannot pass by being checked against nothing in particular.
 const CHECKED_BY: &[(&str, &str)] = &[
     (
-        "deploy/istio/istio-operator.yaml",
+        "deploy/k8s/istio/istio-operator.yaml",
         "spec.meshConfig: istio.mesh.v1alpha1.MeshConfig (istio.io/api@",
     ),
     (
-        "deploy/istio/authorization-policy.yaml",
+        "deploy/k8s/istio/authorization-policy.yaml",
         "CRD security.istio.io/v1 AuthorizationPolicy (istio.io/api@",
     ),
     (
-        "deploy/istio/authorization-policy.yaml",
+        "deploy/k8s/istio/authorization-policy.yaml",
         "CRD security.istio.io/v1 PeerAuthentication (istio.io/api@",
     ),
     (
-        "deploy/istio/authorizer.yaml",
+        "deploy/k8s/istio/authorizer.yaml",
         "apps/v1 Deployment (Kubernetes ",
     ),
     (
-        "deploy/envoy-gateway/security-policy.yaml",
+        "deploy/k8s/envoy-gateway/security-policy.yaml",
         "CRD gateway.envoyproxy.io/v1alpha1 SecurityPolicy (github.com/envoyproxy/gateway@",
     ),
     (
-        "deploy/envoy-gateway/gateway.yaml",
+        "deploy/k8s/envoy-gateway/gateway.yaml",
         "CRD gateway.envoyproxy.io/v1alpha1 ClientTrafficPolicy (github.com/envoyproxy/gateway@",
     ),
     (
-        "deploy/envoy-gateway/gateway.yaml",
+        "deploy/k8s/envoy-gateway/gateway.yaml",
         "CRD gateway.networking.k8s.io/v1 HTTPRoute (github.com/envoyproxy/gateway@",
     ),
 ];
@@ -264,8 +264,8 @@ fn examples(dir: &str) -> Vec<String> {
 fn istio_and_envoy_gateway_examples_match_their_schemas() {
     let Some(python) = python::find() else { return };
     let Some(schemas) = schemas() else { return };
-    let mut files = examples("deploy/istio");
-    files.extend(examples("deploy/envoy-gateway"));
+    let mut files = examples("deploy/k8s/istio");
+    files.extend(examples("deploy/k8s/envoy-gateway"));
     let dir = tempfile::tempdir().unwrap();
     let broken: Vec<PathBuf> = MANIFEST_BREAKS
         .iter()
@@ -327,7 +327,7 @@ fn istio_and_envoy_gateway_examples_match_their_schemas() {
         );
     }
     // CEL rules really ran on the SecurityPolicy (its schema has dozens).
-    let held: u64 = by_file["deploy/envoy-gateway/security-policy.yaml"]
+    let held: u64 = by_file["deploy/k8s/envoy-gateway/security-policy.yaml"]
         .iter()
         .filter_map(|d| d["cel"]["held"].as_u64())
         .sum();

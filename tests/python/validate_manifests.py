@@ -1,6 +1,6 @@
 """Checks Kubernetes manifests against the real schemas of their kinds, for
-tests/deploy_examples.rs (the examples in deploy/istio/ and
-deploy/envoy-gateway/).
+tests/deploy_examples.rs (the examples in deploy/k8s/istio/ and
+deploy/k8s/envoy-gateway/).
 
 Which schema, by kind:
 
